@@ -1,0 +1,103 @@
+"""`CorruptionCompensation`: the torch/torchvision-v2 form of ECLIPSE's compensation augmentation."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import PIL.Image
+import torch
+from torchvision.transforms import v2
+
+from . import functional as F
+
+IndexLike = Union[int, Sequence[int], torch.Tensor]
+
+
+def check_compensation_args(p_gray: float, sigma: float, seed: int) -> None:
+    """Raise ValueError unless ``0 <= p_gray <= 1``, ``sigma >= 0`` and ``seed`` is a non-negative int."""
+    if not 0.0 <= float(p_gray) <= 1.0:
+        raise ValueError(f"p_gray must be in [0, 1], got {p_gray}")
+    if not float(sigma) >= 0.0:
+        raise ValueError(f"sigma must be >= 0 (in [0,1] pixel units), got {sigma}")
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+class CorruptionCompensation(v2.Transform):
+    """Random grayscale (probability ``p_gray``) then Gaussian noise (std ``sigma``), on uint8 images.
+
+    Works on one image ``(3, H, W)`` or a batch ``(B, 3, H, W)`` of uint8 tensors, on CPU or GPU,
+    inside ``v2.Compose`` (place it before ``v2.ToDtype``). Grayscale is decided per sample, never
+    once per batch. The output is rounded and clamped back to uint8; ``p_gray=0, sigma=0`` is the
+    identity.
+
+    Two ways to draw randomness:
+
+    * ``comp(images, indices=idx)`` (or `apply`): draws are a pure function of
+      ``(seed, epoch, dataset index)``, bit-identical to the FFCV Operation `CompensateFFCV`.
+      Call `set_epoch` each epoch so the corruption is redrawn.
+    * ``comp(images)`` (plain torchvision usage, no index): per-sample keys come from torch's
+      global RNG, so they follow ``torch.manual_seed`` / DataLoader worker seeding.
+
+    Args:
+        p_gray: probability of turning a sample grayscale (paper default 0.4).
+        sigma: noise std in [0, 1] pixel units (paper default 0.05, i.e. 12.75 grey levels).
+        seed: base seed of the indexed draws.
+    """
+
+    _transformed_types = (torch.Tensor, PIL.Image.Image)
+
+    def __init__(self, p_gray: float = 0.4, sigma: float = 0.05, seed: int = 0) -> None:
+        super().__init__()
+        check_compensation_args(p_gray, sigma, seed)
+        self.p_gray = float(p_gray)
+        self.sigma = float(sigma)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose draws the indexed path uses."""
+        self.epoch = int(epoch)
+
+    def forward(self, *inputs: Any, indices: Optional[IndexLike] = None) -> Any:
+        if indices is None:
+            return super().forward(*inputs)
+        if len(inputs) != 1:
+            raise TypeError("with indices=..., pass exactly one image tensor or batch")
+        return self.apply(inputs[0], indices)
+
+    def apply(self, images: torch.Tensor, indices: IndexLike, epoch: Optional[int] = None) -> torch.Tensor:
+        """Deterministic compensation keyed by dataset ``indices`` (an int for a single image)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        batch, single = _as_batch(images)
+        idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+        out = F.compensate_batch(batch, idx, p_gray=self.p_gray, sigma=self.sigma, seed=self.seed, epoch=epoch)
+        return out[0] if single else out
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, PIL.Image.Image):
+            raise TypeError("CorruptionCompensation needs a uint8 tensor: put v2.PILToTensor() or v2.ToImage() before it")
+        batch, single = _as_batch(inpt)
+        keys = torch.randint(0, 2**32, (batch.shape[0],), dtype=torch.int64).to(batch.device)
+        out = F.compensate_with_keys(batch, keys, p_gray=self.p_gray, sigma=self.sigma)
+        out = out[0] if single else out
+        return v2.functional.wrap(out, like=inpt) if hasattr(inpt, "as_subclass") and type(inpt) is not torch.Tensor else out
+
+    def extra_repr(self) -> str:
+        return f"p_gray={self.p_gray}, sigma={self.sigma}, seed={self.seed}, epoch={self.epoch}"
+
+
+def _as_batch(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"expected a uint8 torch.Tensor, got {type(images).__name__}")
+    if images.dtype != torch.uint8:
+        raise TypeError(
+            f"CorruptionCompensation expects uint8 images, got {images.dtype}; place it before v2.ToDtype"
+        )
+    if images.ndim == 3:
+        return images.unsqueeze(0), True
+    if images.ndim == 4:
+        return images, False
+    raise ValueError(f"expected (3, H, W) or (B, 3, H, W), got shape {tuple(images.shape)}")

@@ -1,0 +1,152 @@
+"""`LabelledImages`: the one in-memory form every input is turned into, and its validation.
+
+Everything downstream (beton writer, purifier, torch fallback loader) takes a `LabelledImages`,
+so a dataset is checked once, before any work starts, and an error names the offending index.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+
+GrayscalePolicy = Literal["refuse", "convert"]
+
+
+class InvalidInputError(ValueError):
+    """Input data that cannot be used as-is; the message names the sample index and the problem."""
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """A validated image-classification dataset held in memory.
+
+    Attributes:
+        images: uint8 array of shape (N, H, W, 3), RGB, HWC (the layout of torchvision's CIFAR10.data).
+        labels: int64 array of shape (N,), each in ``[0, num_classes)``.
+        num_classes: number of classes (labels need not use all of them).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        validate_images(self.images)
+        validate_labels(self.labels, len(self.images), self.num_classes)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        return self.images[index], int(self.labels[index])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def subset(self, indices: np.ndarray) -> "LabelledImages":
+        """The samples at ``indices``, in that order (copies the pixels)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return LabelledImages(self.images[indices], self.labels[indices], self.num_classes)
+
+
+def as_labelled_images(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: Optional[int] = None,
+    grayscale: GrayscalePolicy = "refuse",
+) -> LabelledImages:
+    """Validate arrays and return them as a `LabelledImages` (no pixel is changed).
+
+    Args:
+        images: uint8 NHWC with 3 channels; (N, H, W) or (N, H, W, 1) grayscale is refused unless
+            ``grayscale="convert"``, which repeats the channel three times.
+        labels: integer class ids, one per image.
+        num_classes: defaults to ``max(labels) + 1``.
+        grayscale: ``"refuse"`` (default) or ``"convert"``.
+
+    Raises:
+        InvalidInputError: wrong dtype, wrong rank, wrong channel count, non-integer or negative
+            labels, a label ``>= num_classes``, or a length mismatch.
+    """
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 1):
+        images = _grayscale_to_rgb(images, grayscale, where="images")
+    validate_images(images)
+    labels = _integer_labels(labels)
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if len(labels) else 0
+    validate_labels(labels, len(images), num_classes)
+    return LabelledImages(np.ascontiguousarray(images), labels, int(num_classes))
+
+
+def _grayscale_to_rgb(images: np.ndarray, policy: GrayscalePolicy, where: str) -> np.ndarray:
+    if policy == "refuse":
+        raise InvalidInputError(
+            f"{where} are single-channel (shape {images.shape}); ECLIPSE works on RGB images. "
+            "Pass grayscale='convert' to repeat the channel three times."
+        )
+    if policy != "convert":
+        raise ValueError(f"grayscale must be 'refuse' or 'convert', got {policy!r}")
+    if images.ndim == 4:
+        images = images[..., 0]
+    return np.repeat(images[..., None], 3, axis=-1)
+
+
+def grayscale_policy_image(image: np.ndarray, policy: GrayscalePolicy, index: int) -> np.ndarray:
+    """One HWC image made RGB under ``policy`` (used by per-sample sources such as ImageFolder)."""
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1):
+        return _grayscale_to_rgb(image[None], policy, where=f"image at index {index}")[0]
+    return image
+
+
+def validate_images(images: np.ndarray) -> None:
+    """Check an image array is uint8 (N, H, W, 3) with N, H, W > 0."""
+    if not isinstance(images, np.ndarray):
+        raise InvalidInputError(f"images must be a numpy array, got {type(images).__name__}")
+    if images.dtype != np.uint8:
+        hint = " (float images in [0,1]? multiply by 255 and round first)" if images.dtype.kind == "f" else ""
+        raise InvalidInputError(f"images must be uint8, got dtype {images.dtype}{hint}")
+    if images.ndim != 4:
+        raise InvalidInputError(
+            f"images must have shape (N, H, W, 3) (NHWC), got {images.ndim} dimensions {images.shape}"
+        )
+    if images.shape[-1] != 3:
+        chw = images.shape[1] == 3
+        hint = "; it looks channels-first (NCHW): transpose to NHWC" if chw else ""
+        raise InvalidInputError(f"images must have 3 channels last, got shape {images.shape}{hint}")
+    if images.shape[1] == 0 or images.shape[2] == 0:
+        raise InvalidInputError(f"images have an empty spatial size: {images.shape}")
+
+
+def _integer_labels(labels: np.ndarray) -> np.ndarray:
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise InvalidInputError(f"labels must be one-dimensional, got shape {labels.shape}")
+    if labels.dtype.kind == "f":
+        bad = np.flatnonzero(labels != np.round(labels))
+        if len(bad):
+            raise InvalidInputError(f"label at index {bad[0]} is not an integer: {labels[bad[0]]}")
+    elif labels.dtype.kind not in "iub":
+        raise InvalidInputError(f"labels must be integers, got dtype {labels.dtype}")
+    return labels.astype(np.int64)
+
+
+def validate_labels(labels: np.ndarray, num_images: int, num_classes: int) -> None:
+    """Check labels are int64, one per image, each in ``[0, num_classes)``."""
+    if labels.dtype != np.int64 or labels.ndim != 1:
+        raise InvalidInputError(f"labels must be int64 of shape (N,), got {labels.dtype} {labels.shape}")
+    if len(labels) != num_images:
+        raise InvalidInputError(f"{num_images} images but {len(labels)} labels: lengths must match")
+    if num_classes < 1 and num_images > 0:
+        raise InvalidInputError(f"num_classes must be at least 1, got {num_classes}")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        i = int(bad[0])
+        raise InvalidInputError(
+            f"label at index {i} is {labels[i]}, outside [0, {num_classes}) "
+            f"({len(bad)} labels out of range in all)"
+        )
