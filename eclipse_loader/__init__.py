@@ -1,2 +1,40 @@
-"""eclipse-loader: train on possibly-poisoned image data without changing the training code."""
+"""eclipse-loader: train on possibly-poisoned image data without changing the training code.
+
+Public API (adapters are imported lazily, so ``import eclipse_loader`` stays light)::
+
+    from eclipse_loader import EclipseDataModule, CorruptionCompensation
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "CorruptionCompensation": "eclipse_loader.compensation.transform",
+    "EclipseDataModule": "eclipse_loader.adapters.lightning_datamodule",
+    "CompensateFFCV": "eclipse_loader.adapters.ffcv_compensation",
+    "make_ffcv_loader": "eclipse_loader.adapters.ffcv_loaders",
+    "TorchEpochLoader": "eclipse_loader.loading.torch_loader",
+    "AugmentConfig": "eclipse_loader.loading.config",
+    "LabelledImages": "eclipse_loader.data.images",
+    "InvalidInputError": "eclipse_loader.data.images",
+    "as_labelled_images": "eclipse_loader.data.images",
+    "load_source": "eclipse_loader.data.sources",
+    "from_npz": "eclipse_loader.data.sources",
+    "from_torchvision": "eclipse_loader.data.sources",
+    "write_beton": "eclipse_loader.storage.beton",
+    "read_beton": "eclipse_loader.storage.beton",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'eclipse_loader' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

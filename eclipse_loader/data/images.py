@@ -5,6 +5,7 @@ so a dataset is checked once, before any work starts, and an error names the off
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -44,6 +45,14 @@ class LabelledImages:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def fingerprint(self) -> str:
+        """sha256 of the pixels, labels and class count: equal fingerprints mean equal datasets."""
+        digest = hashlib.sha256()
+        digest.update(repr((self.images.shape, self.num_classes)).encode())
+        digest.update(np.ascontiguousarray(self.images).data)
+        digest.update(self.labels.astype("<i8").tobytes())
+        return digest.hexdigest()
 
     def subset(self, indices: np.ndarray) -> "LabelledImages":
         """The samples at ``indices``, in that order (copies the pixels)."""
@@ -95,10 +104,10 @@ def _grayscale_to_rgb(images: np.ndarray, policy: GrayscalePolicy, where: str) -
     return np.repeat(images[..., None], 3, axis=-1)
 
 
-def grayscale_policy_image(image: np.ndarray, policy: GrayscalePolicy, index: int) -> np.ndarray:
-    """One HWC image made RGB under ``policy`` (used by per-sample sources such as ImageFolder)."""
+def grayscale_policy_image(image: np.ndarray, policy: GrayscalePolicy, where: str) -> np.ndarray:
+    """One HWC image made RGB under ``policy`` (used by per-sample sources); ``where`` names it in errors."""
     if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1):
-        return _grayscale_to_rgb(image[None], policy, where=f"image at index {index}")[0]
+        return _grayscale_to_rgb(image[None], policy, where=where)[0]
     return image
 
 

@@ -1,0 +1,251 @@
+"""`EclipseDataModule`: purified data + on-the-fly corruption compensation as a Lightning DataModule.
+
+* ``prepare_data`` (rank zero) turns each source into a beton in ``cache_dir`` (keyed by content hash,
+  reused when present) and, with ``purify=True``, runs the ECLIPSE purification first.
+* ``setup`` reads headers / loads arrays on every rank; ``*_dataloader`` builds the loaders: FFCV when
+  it imports (sharded with ``distributed=True`` when the world size is above 1), otherwise the
+  pure-torch `TorchEpochLoader` with the same semantics (a warning says so once).
+* Training loaders apply flip, translation and the compensation, redrawn every epoch; val/test apply
+  none. Iterators abandoned by Lightning are closed, so no loader threads leak.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import lightning.pytorch as pl
+import torch
+
+from ..data.images import LabelledImages
+from ..data.sources import load_source
+from ..loading.config import AugmentConfig
+from ..loading.torch_loader import TorchEpochLoader
+
+Backend = Literal["auto", "ffcv", "torch"]
+_FALLBACK_WARNED = False
+
+
+def ffcv_available() -> bool:
+    """True when ffcv (and numba) can be imported here."""
+    try:
+        import ffcv  # noqa: F401
+        import numba  # noqa: F401
+    except Exception:  # ImportError, or a broken native build (missing libopencv/libturbojpeg)
+        return False
+    return True
+
+
+def _resolve_backend(backend: Backend) -> str:
+    global _FALLBACK_WARNED
+    if backend not in ("auto", "ffcv", "torch"):
+        raise ValueError(f"backend must be 'auto', 'ffcv' or 'torch', got {backend!r}")
+    if backend == "torch":
+        return "torch"
+    if ffcv_available():
+        return "ffcv"
+    if backend == "ffcv":
+        raise ImportError("backend='ffcv' but ffcv cannot be imported: pip install 'eclipse-loader[ffcv]'")
+    if not _FALLBACK_WARNED:
+        warnings.warn("ffcv is not importable here: EclipseDataModule falls back to torch DataLoaders "
+                      "(same augmentation and compensation, slower)", RuntimeWarning, stacklevel=3)
+        _FALLBACK_WARNED = True
+    return "torch"
+
+
+class EclipseDataModule(pl.LightningDataModule):
+    """Loaders for training on (purified) data with ECLIPSE's corruption compensation.
+
+    Args:
+        train: training data: a ``.beton`` path (e.g. written by ``eclipse-loader purify``) or any
+            source string of `eclipse_loader.data.load_source` (``npz:PATH``, ``cifar10:ROOT``,
+            ``imagefolder:PATH``, ``embedded:train`` ...).
+        val: validation data (same forms), or None for no validation loader.
+        test: test data (same forms), or None.
+        batch_size: training batch size per rank.
+        eval_batch_size: val/test batch size (defaults to ``batch_size``).
+        num_workers: loader threads (FFCV) / processes (torch); clamped to the cores.
+        seed: base seed of the order, augmentation and compensation draws.
+        compensate: apply the corruption compensation to training batches.
+        p_gray: grayscale probability of the compensation (paper: 0.4).
+        sigma: Gaussian noise std in [0, 1] units (paper: 0.05).
+        flip: random horizontal flips in training.
+        translate_padding: random translation of up to this many pixels in training (paper: crop with padding 4).
+        mean: per-channel mean in [0, 1] units to normalise with (None: images in [0, 1]).
+        std: per-channel std in [0, 1] units (with ``mean``).
+        backend: ``"auto"`` (FFCV if importable), ``"ffcv"`` or ``"torch"``.
+        cache_dir: where betons derived from non-beton sources (and purified data) are written.
+        purify: purify ``train`` with the denoiser in ``denoiser`` during ``prepare_data`` (cached).
+        denoiser: directory of a denoiser saved by ``eclipse-loader train-denoiser``.
+        t_star: purification noise level (diffusion timestep).
+        purify_steps: reverse steps of the purification (None: the full chain).
+        purify_batch_size: batch size of the purification pass.
+        purify_device: device of the purification pass (``"cpu"``, ``"cuda"``).
+    """
+
+    def __init__(
+        self,
+        train: str,
+        val: Optional[str] = None,
+        test: Optional[str] = None,
+        batch_size: int = 128,
+        eval_batch_size: Optional[int] = None,
+        num_workers: Optional[int] = None,
+        seed: int = 0,
+        compensate: bool = True,
+        p_gray: float = 0.4,
+        sigma: float = 0.05,
+        flip: bool = True,
+        translate_padding: int = 4,
+        mean: Optional[tuple[float, float, float]] = None,
+        std: Optional[tuple[float, float, float]] = None,
+        backend: Backend = "auto",
+        cache_dir: str = "~/.cache/eclipse-loader",
+        purify: bool = False,
+        denoiser: Optional[str] = None,
+        t_star: int = 100,
+        purify_steps: Optional[int] = None,
+        purify_batch_size: int = 256,
+        purify_device: str = "cpu",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if purify and not denoiser:
+            raise ValueError("purify=True needs denoiser=DIR (train one with `eclipse-loader train-denoiser`)")
+        self.augment = AugmentConfig(
+            flip=flip, translate_padding=translate_padding, compensate=compensate, p_gray=p_gray, sigma=sigma,
+            mean=None if mean is None else tuple(mean), std=None if std is None else tuple(std),
+        )
+        self.backend = _resolve_backend(backend)
+        self.cache_dir = Path(os.path.expanduser(cache_dir))
+        self._sources = {"train": train, "val": val, "test": test}
+        self._data: dict[str, Union[Path, LabelledImages]] = {}
+        self._loaders: dict[str, Any] = {}
+        self._next_train_epoch = 0
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Write the betons the loaders need (rank zero only; reuses cached results)."""
+        if self.backend != "ffcv" and not self.hparams.purify:
+            return
+        for split, source in self._sources.items():
+            if source is not None:
+                self._materialise(split, source, write=True)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        for split, source in self._sources.items():
+            if source is not None and split not in self._data:
+                self._data[split] = self._materialise(split, source, write=False)
+
+    def train_dataloader(self) -> Any:
+        loader = self._make("train", self.hparams.batch_size, train=True)
+        loader.set_epoch(self._next_train_epoch)
+        return loader
+
+    def val_dataloader(self) -> Any:
+        return self._make("val", self.hparams.eval_batch_size or self.hparams.batch_size, train=False)
+
+    def test_dataloader(self) -> Any:
+        return self._make("test", self.hparams.eval_batch_size or self.hparams.batch_size, train=False)
+
+    def on_exception(self, exception: BaseException) -> None:
+        self.close()
+
+    def teardown(self, stage: Optional[str] = None) -> None:
+        self.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        train = self._loaders.get("train")
+        epoch = train.next_epoch if train is not None else self._next_train_epoch
+        return {"epoch": int(epoch), "seed": int(self.hparams.seed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if int(state_dict.get("seed", self.hparams.seed)) != self.hparams.seed:
+            warnings.warn(f"checkpoint was made with seed {state_dict['seed']}, this DataModule uses "
+                          f"{self.hparams.seed}: the order and compensation draws will differ", RuntimeWarning)
+        self._next_train_epoch = int(state_dict.get("epoch", 0))
+        if "train" in self._loaders:
+            self._loaders["train"].set_epoch(self._next_train_epoch)
+
+    def close(self) -> None:
+        """Stop every loader's running epoch (no threads left behind)."""
+        for loader in self._loaders.values():
+            loader.close()
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _materialise(self, split: str, source: str, write: bool) -> Union[Path, LabelledImages]:
+        """The beton path (FFCV) or the in-memory data (torch) for one split."""
+        if source.endswith(".beton") and not (split == "train" and self.hparams.purify):
+            if not Path(source).exists():
+                raise FileNotFoundError(f"{split} beton not found: {source}")
+            return Path(source) if self.backend == "ffcv" else load_source(source)
+        data = load_source(source)
+        if split == "train" and self.hparams.purify:
+            data_path = self._purified_beton(data, write)
+            return data_path if self.backend == "ffcv" else load_source(str(data_path))
+        if self.backend == "torch":
+            return data
+        path = self.cache_dir / "betons" / f"{data.fingerprint()[:24]}.beton"
+        if write and not path.exists():
+            from ..storage.beton import write_beton
+
+            write_beton(path, data, metadata={"source": source})
+        elif not write and not path.exists():
+            raise FileNotFoundError(f"{path} is missing: prepare_data() must run before setup()")
+        return path
+
+    def _purified_beton(self, data: LabelledImages, write: bool) -> Path:
+        from ..purify.datamodule_support import purified_beton
+
+        return purified_beton(data, self.hparams, self.cache_dir, write=write)
+
+    def _world(self) -> tuple[int, int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1, 1
+        local = getattr(trainer, "num_devices", 1) or 1
+        return trainer.global_rank, trainer.world_size, local
+
+    def _make(self, split: str, batch_size: int, train: bool) -> Any:
+        if self._sources[split] is None:
+            return []
+        if split not in self._data:
+            self.setup()
+        previous = self._loaders.pop(split, None)
+        if previous is not None:
+            previous.close()
+        rank, world, local = self._world()
+        augment = self.augment if train else None
+        if self.backend == "ffcv":
+            from .ffcv_loaders import make_ffcv_loader
+
+            loader = make_ffcv_loader(
+                self._data[split], batch_size, augment=augment, normalize=self.augment, shuffle=train,
+                drop_last=train, seed=self.hparams.seed, num_workers=self.hparams.num_workers,
+                distributed=world > 1, local_world_size=local,
+            )
+        else:
+            data = self._data[split]
+            loader = TorchEpochLoader(
+                data if isinstance(data, LabelledImages) else load_source(str(data)), batch_size,
+                augment=augment, normalize=self.augment, shuffle=train, drop_last=train,
+                seed=self.hparams.seed, rank=rank, world_size=world, num_workers=min(self.hparams.num_workers or 0, 2),
+            )
+        self._loaders[split] = loader
+        return loader
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the training data (after `setup`)."""
+        data = self._data.get("train")
+        if data is None:
+            raise RuntimeError("call setup() first")
+        if isinstance(data, LabelledImages):
+            return data.num_classes
+        from ..storage.beton import read_manifest
+
+        classes = read_manifest(data).get("num_classes")
+        return int(classes) if classes else int(load_source(str(data)).num_classes)

@@ -1,0 +1,184 @@
+"""Read image-classification data from arrays, ``.npz`` files and torchvision datasets.
+
+Every reader returns a validated `LabelledImages`; problems are reported before any work starts,
+naming the offending sample. `load_source` parses the source strings used by the CLI and the
+`EclipseDataModule` (``npz:PATH``, ``cifar10:ROOT``, ``imagefolder:PATH``, ``embedded:train`` ...).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from .images import GrayscalePolicy, InvalidInputError, LabelledImages, as_labelled_images, grayscale_policy_image
+
+PathLike = Union[str, os.PathLike]
+NPZ_KEY_PAIRS = (("images", "labels"), ("x", "y"), ("train_x", "train_y"), ("data", "targets"))
+SPLITS = ("train", "test")
+
+
+def from_npz(
+    path: PathLike,
+    images_key: Optional[str] = None,
+    labels_key: Optional[str] = None,
+    grayscale: GrayscalePolicy = "refuse",
+    num_classes: Optional[int] = None,
+) -> LabelledImages:
+    """Load NHWC uint8 images and labels from an ``.npz`` (keys guessed from `NPZ_KEY_PAIRS` if not given)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such .npz file: {path}")
+    with np.load(path, allow_pickle=False) as archive:
+        keys = set(archive.files)
+        if images_key is None or labels_key is None:
+            pair = next(((x, y) for x, y in NPZ_KEY_PAIRS if x in keys and y in keys), None)
+            if pair is None:
+                raise InvalidInputError(
+                    f"{path} has keys {sorted(keys)}; name the image and label arrays, e.g. npz:{path}:IMAGES:LABELS"
+                )
+            images_key, labels_key = pair
+        for key in (images_key, labels_key):
+            if key not in keys:
+                raise InvalidInputError(f"{path} has no array {key!r} (it has {sorted(keys)})")
+        return as_labelled_images(archive[images_key], archive[labels_key], num_classes, grayscale)
+
+
+def from_torchvision(
+    dataset: Any,
+    grayscale: GrayscalePolicy = "refuse",
+    resize: Optional[tuple[int, int]] = None,
+    num_classes: Optional[int] = None,
+) -> LabelledImages:
+    """Convert a torchvision classification dataset (CIFAR10/100, SVHN, ImageFolder, or any map-style
+    dataset yielding ``(PIL image | HWC array | CHW tensor, int)``) into `LabelledImages`.
+
+    CIFAR and SVHN are read from their in-memory arrays (no per-sample decoding). ImageFolder-style
+    datasets decode every file; a file that cannot be decoded raises `InvalidInputError` naming its
+    index and path. Images of different sizes are refused unless ``resize=(H, W)`` is given.
+    """
+    if num_classes is None and hasattr(dataset, "classes"):
+        num_classes = len(dataset.classes)
+    data, targets = getattr(dataset, "data", None), getattr(dataset, "targets", getattr(dataset, "labels", None))
+    if isinstance(data, np.ndarray) and targets is not None and resize is None and getattr(dataset, "transform", None) is None:
+        images = data.transpose(0, 2, 3, 1) if data.ndim == 4 and data.shape[1] == 3 and data.shape[-1] != 3 else data
+        return as_labelled_images(images, np.asarray(targets), num_classes, grayscale)
+    return _decode_each(dataset, grayscale, resize, num_classes)
+
+
+def _decode_each(dataset: Any, grayscale: GrayscalePolicy, resize: Optional[tuple[int, int]], num_classes: Optional[int]) -> LabelledImages:
+    paths = [p for p, _ in dataset.samples] if hasattr(dataset, "samples") else None
+    loader = getattr(dataset, "loader", None)
+    images, labels = [], []
+    for index in range(len(dataset)):
+        where = f"sample {index}" + (f" ({paths[index]})" if paths else "")
+        try:
+            if paths is not None and loader is not None:
+                raw, label = loader(paths[index]), dataset.samples[index][1]
+            else:
+                raw, label = dataset[index]
+        except Exception as error:  # a corrupt or unreadable file: name it, stop before writing anything
+            raise InvalidInputError(f"cannot read {where}: {type(error).__name__}: {error}") from error
+        image = _to_hwc_uint8(raw, where, grayscale, resize)
+        if images and image.shape != images[0].shape:
+            raise InvalidInputError(
+                f"{where} has size {image.shape[:2]} but sample 0 has {images[0].shape[:2]}: "
+                "a raw beton needs equal sizes; pass resize=(H, W)"
+            )
+        images.append(image)
+        labels.append(int(label))
+    if not images:
+        raise InvalidInputError("the dataset is empty")
+    return as_labelled_images(np.stack(images), np.asarray(labels), num_classes, grayscale)
+
+
+def _to_hwc_uint8(raw: Any, where: str, grayscale: GrayscalePolicy, resize: Optional[tuple[int, int]]) -> np.ndarray:
+    import PIL.Image
+
+    if isinstance(raw, PIL.Image.Image):
+        if raw.mode in ("L", "LA", "I", "I;16", "F", "1"):
+            if grayscale == "refuse":
+                raise InvalidInputError(f"{where} is a grayscale image (mode {raw.mode}); pass grayscale='convert'")
+            raw = raw.convert("L")
+        raw = raw.convert("RGB")
+        if resize is not None:
+            raw = raw.resize((resize[1], resize[0]), PIL.Image.BICUBIC)
+        return np.asarray(raw, dtype=np.uint8)
+    array = raw.numpy() if hasattr(raw, "numpy") else np.asarray(raw)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = array.transpose(1, 2, 0)
+    if array.dtype != np.uint8:
+        raise InvalidInputError(f"{where} has dtype {array.dtype}; expected uint8 pixels (drop ToTensor from the dataset)")
+    array = grayscale_policy_image(array, grayscale, where)
+    if resize is not None and array.shape[:2] != tuple(resize):
+        array = np.asarray(PIL.Image.fromarray(array).resize((resize[1], resize[0]), PIL.Image.BICUBIC))
+    return array
+
+
+def load_source(
+    spec: str,
+    grayscale: GrayscalePolicy = "refuse",
+    resize: Optional[tuple[int, int]] = None,
+    num_classes: Optional[int] = None,
+) -> LabelledImages:
+    """Load data named by a source string.
+
+    Forms:
+        ``embedded:train|trusted|test``     the small CIFAR-10 sample shipped with the package
+        ``npz:PATH[:IMAGES_KEY:LABELS_KEY]`` NHWC uint8 arrays in an .npz
+        ``cifar10:ROOT[:train|test]``, ``cifar100:ROOT[:split]``, ``svhn:ROOT[:split]``
+                                             torchvision datasets already downloaded under ROOT
+        ``imagefolder:PATH``                 torchvision ImageFolder (one sub-folder per class)
+        ``PATH.npz`` / ``PATH.beton``        shorthand for npz: / an existing beton
+
+    ``num_classes`` bounds the labels (default: the dataset's class list, else ``max(label) + 1``).
+    """
+    kind, _, rest = spec.partition(":")
+    if not rest and spec.endswith(".npz"):
+        kind, rest = "npz", spec
+    if not rest and spec.endswith(".beton"):
+        kind, rest = "beton", spec
+    if kind == "embedded":
+        from .embedded import load_embedded
+
+        return load_embedded(rest or "train")
+    if kind == "npz":
+        parts = rest.split(":")
+        keys = parts[1:3] if len(parts) >= 3 else [None, None]
+        return from_npz(parts[0], keys[0], keys[1], grayscale, num_classes)
+    if kind == "beton":
+        from ..storage.beton import read_beton
+
+        return read_beton(rest, num_classes)
+    if kind in ("cifar10", "cifar100", "svhn"):
+        return from_torchvision(_torchvision_dataset(kind, rest), grayscale, resize, num_classes)
+    if kind == "imagefolder":
+        from torchvision.datasets import ImageFolder
+
+        if not Path(rest).is_dir():
+            raise FileNotFoundError(f"no image folder at {rest}")
+        return from_torchvision(ImageFolder(rest), grayscale, resize, num_classes)
+    raise ValueError(
+        f"unknown data source {spec!r}: use embedded:SPLIT, npz:PATH, cifar10:ROOT, cifar100:ROOT, svhn:ROOT, "
+        "imagefolder:PATH or a .npz/.beton path"
+    )
+
+
+def _torchvision_dataset(kind: str, rest: str) -> Any:
+    from torchvision import datasets
+
+    root, _, split = rest.partition(":")
+    split = split or "train"
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    try:
+        if kind == "svhn":
+            return datasets.SVHN(root, split=split, download=False)
+        cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
+        return cls(root, train=split == "train", download=False)
+    except RuntimeError as error:
+        raise FileNotFoundError(
+            f"{kind} not found under {root!r} ({error}); download it first, e.g. "
+            f"torchvision.datasets.{kind.upper()}({root!r}, download=True)"
+        ) from error

@@ -1,0 +1,1 @@
+"""Training/evaluation loaders: shared semantics (`config`), the torch fallback (`torch_loader`)."""

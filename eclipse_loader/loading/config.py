@@ -1,0 +1,55 @@
+"""What a loader does to each sample: one frozen config shared by the FFCV and the torch loaders."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..compensation.transform import check_compensation_args
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Per-sample processing of a training loader (evaluation loaders apply none of it).
+
+    Order, as in ECLIPSE's training code: horizontal flip, translation (RandomCrop with padding),
+    then the corruption compensation (grayscale with ``p_gray``, Gaussian noise ``sigma``), then
+    conversion to float ``(x / 255 - mean) / std``.
+
+    Attributes:
+        flip: random horizontal flip with probability 0.5.
+        translate_padding: random shift of up to this many pixels, zero filled (0 disables).
+        compensate: apply the corruption compensation.
+        p_gray, sigma: compensation parameters (paper: 0.4 and 0.05).
+        mean, std: per-channel normalisation in [0, 1] units; ``None`` keeps [0, 1] floats (the paper's choice).
+    """
+
+    flip: bool = True
+    translate_padding: int = 4
+    compensate: bool = True
+    p_gray: float = 0.4
+    sigma: float = 0.05
+    mean: Optional[tuple[float, float, float]] = None
+    std: Optional[tuple[float, float, float]] = None
+
+    def __post_init__(self) -> None:
+        check_compensation_args(self.p_gray, self.sigma, 0)
+        if self.translate_padding < 0:
+            raise ValueError(f"translate_padding must be >= 0, got {self.translate_padding}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+
+    @property
+    def scale(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Mean and std on the 0-255 scale, as ``torchvision.transforms.Normalize`` needs them."""
+        mean = self.mean or (0.0, 0.0, 0.0)
+        std = self.std or (1.0, 1.0, 1.0)
+        return tuple(255.0 * m for m in mean), tuple(255.0 * s for s in std)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

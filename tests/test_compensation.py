@@ -1,0 +1,115 @@
+"""CorruptionCompensation (torch) and CompensateFFCV (numba): semantics, statistics and exact agreement."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from eclipse_loader import CorruptionCompensation
+from eclipse_loader.compensation.functional import luma_uint8
+
+from .conftest import requires_ffcv
+
+
+def _chw(images_nhwc: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).contiguous()
+
+
+def test_zero_strength_is_exactly_the_identity(cifar):
+    batch = _chw(cifar["train_x"][:64])
+    comp = CorruptionCompensation(p_gray=0, sigma=0)
+    assert torch.equal(comp.apply(batch, torch.arange(64)), batch)
+    assert torch.equal(comp(batch), batch)
+    assert torch.equal(comp(batch[0]), batch[0])
+
+
+def test_luma_matches_pil_convert_L(cifar):
+    import PIL.Image
+
+    images = cifar["train_x"][:32]
+    ours = luma_uint8(_chw(images))[:, 0].numpy()
+    pil = np.stack([np.asarray(PIL.Image.fromarray(im).convert("L")) for im in images])
+    assert np.array_equal(ours, pil)
+
+
+def test_grayscale_fraction_and_noise_statistics():
+    n = 4000
+    flat = torch.full((n, 3, 8, 8), 128, dtype=torch.uint8)
+    flat[:, 0] = 200  # coloured, so grayscale is visible
+    gray_only = CorruptionCompensation(p_gray=0.4, sigma=0, seed=1).apply(flat, torch.arange(n))
+    is_gray = (gray_only[:, 0] == gray_only[:, 1]).flatten(1).all(1)
+    assert abs(is_gray.float().mean().item() - 0.4) < 0.03  # 4000 Bernoulli(0.4): std 0.008
+
+    mid = torch.full((n, 3, 8, 8), 128, dtype=torch.uint8)
+    noisy = CorruptionCompensation(p_gray=0, sigma=0.05, seed=2).apply(mid, torch.arange(n)).double() - 128
+    assert abs(noisy.mean().item()) < 0.05
+    assert abs(noisy.std().item() - np.sqrt(12.75**2 + 1 / 12)) < 0.05  # noise plus rounding
+    channels = noisy.flatten(2)
+    corr = torch.corrcoef(torch.stack([channels[:, 0].flatten(), channels[:, 1].flatten()]))[0, 1]
+    assert abs(corr.item()) < 0.01  # independent per channel, even on grayscale samples
+
+
+def test_draws_are_keyed_by_seed_epoch_and_index_not_by_batch(cifar):
+    batch = _chw(cifar["train_x"][:50])
+    idx = torch.arange(100, 150)
+    comp = CorruptionCompensation(seed=5)
+    whole = comp.apply(batch, idx)
+    pieces = torch.cat([comp.apply(batch[i : i + 7], idx[i : i + 7]) for i in range(0, 50, 7)])
+    assert torch.equal(whole, pieces)
+    assert torch.equal(comp.apply(batch[3], 103), whole[3])
+    reversed_order = comp.apply(batch.flip(0), idx.flip(0)).flip(0)
+    assert torch.equal(reversed_order, whole)
+    comp.set_epoch(1)
+    assert (comp.apply(batch, idx) != whole).float().mean() > 0.5  # redrawn next epoch
+    assert not torch.equal(CorruptionCompensation(seed=6).apply(batch, idx), whole)
+
+
+def test_v2_compose_and_per_sample_grayscale_without_indices(cifar):
+    pipeline = v2.Compose([v2.RandomHorizontalFlip(), CorruptionCompensation(p_gray=0.5, sigma=0), v2.ToDtype(torch.float32, scale=True)])
+    torch.manual_seed(0)
+    out = pipeline(_chw(cifar["train_x"][:200]))
+    assert out.dtype == torch.float32 and out.shape == (200, 3, 32, 32)
+    gray = (out[:, 0] == out[:, 1]).flatten(1).all(1).float().mean().item()
+    assert 0.3 < gray < 0.7  # per sample, not all-or-nothing per batch
+    torch.manual_seed(0)
+    assert torch.equal(pipeline(_chw(cifar["train_x"][:200])), out)
+
+
+def test_bad_arguments_and_inputs_are_refused():
+    with pytest.raises(ValueError, match="p_gray"):
+        CorruptionCompensation(p_gray=1.5)
+    with pytest.raises(ValueError, match="sigma"):
+        CorruptionCompensation(sigma=-0.1)
+    with pytest.raises(TypeError, match="uint8"):
+        CorruptionCompensation()(torch.rand(3, 8, 8))
+
+
+@requires_ffcv
+@pytest.mark.parametrize("compiled", [True, False])
+def test_ffcv_operation_equals_torch_transform_exactly(cifar, compiled):
+    from ffcv.pipeline.compiler import Compiler
+    from ffcv.pipeline.state import State
+
+    from eclipse_loader.adapters.ffcv_compensation import CompensateFFCV
+
+    images = cifar["train_x"][:64]
+    indices = np.arange(5000, 5064, dtype=np.uint64)
+    was_enabled = Compiler.is_enabled
+    try:
+        Compiler.set_enabled(compiled)
+        Compiler.set_num_threads(2)
+        op = CompensateFFCV(p_gray=0.4, sigma=0.05, seed=11)
+        state = State(jit_mode=True, device=torch.device("cpu"), shape=(32, 32, 3), dtype=np.dtype("u1"))
+        _, query = op.declare_state_and_memory(state)
+        fn = Compiler.compile(op.generate_code())
+        for epoch in (0, 3):
+            op.set_epoch(epoch)
+            out = fn(images, np.empty((64, *query.shape), np.uint8), indices)
+            ref = CorruptionCompensation(0.4, 0.05, seed=11)
+            ref.set_epoch(epoch)
+            expected = ref.apply(_chw(images), torch.from_numpy(indices.astype(np.int64))).permute(0, 2, 3, 1).numpy()
+            assert np.array_equal(out, expected), f"epoch {epoch}: {(out != expected).sum()} values differ"
+        assert not np.array_equal(out, images)
+    finally:
+        Compiler.set_enabled(was_enabled)
