@@ -19,6 +19,7 @@ from ffcv.transforms import Convert, RandomHorizontalFlip, RandomTranslate, Sque
 from torchvision.transforms import Normalize
 
 from ..loading.config import AugmentConfig, usable_cores
+from ..loading.torch_loader import EpochSampler
 from .ffcv_compensation import CompensateFFCV
 
 PathLike = Union[str, os.PathLike]
@@ -65,10 +66,11 @@ class FFCVEpochLoader:
       ``.sampler.set_epoch``).
     """
 
-    def __init__(self, loader: Loader, compensation: Optional[CompensateFFCV]) -> None:
+    def __init__(self, loader: Loader, compensation: Optional[CompensateFFCV], shuffle: bool) -> None:
         self.loader, self.compensation = loader, compensation
         self._iterator: Any = None
-        self.sampler = self  # Lightning looks for `.sampler.set_epoch`
+        if shuffle:  # Lightning calls `.sampler.set_epoch(epoch)` on shuffled loaders
+            self.sampler, self.batch_sampler = EpochSampler(self), None
 
     @property
     def next_epoch(self) -> int:
@@ -126,4 +128,4 @@ def make_ffcv_loader(
         distributed=distributed, indices=None if indices is None else np.asarray(indices), os_cache=os_cache,
         batches_ahead=batches_ahead, pipelines={"image": ops, "label": label_pipeline(device)},
     )
-    return FFCVEpochLoader(loader, compensation)
+    return FFCVEpochLoader(loader, compensation, shuffle)

@@ -79,6 +79,16 @@ class _AugmentingCollate:
         return (images.float() - self.mean) / self.std, self.dataset.labels[idx]
 
 
+class EpochSampler:
+    """The ``.sampler`` Lightning finds on a shuffled loader: forwards ``set_epoch`` to the loader."""
+
+    def __init__(self, loader: object) -> None:
+        self.loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+
 class TorchEpochLoader:
     """An epoch-aware loader over in-memory data yielding ``(float images NCHW, int64 labels)``.
 
@@ -113,7 +123,8 @@ class TorchEpochLoader:
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.next_epoch = 0
-        self.sampler = self  # Lightning looks for `.sampler.set_epoch`
+        if shuffle:  # Lightning calls `.sampler.set_epoch(epoch)` on shuffled loaders
+            self.sampler, self.batch_sampler = EpochSampler(self), None
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch ``epoch`` (order and all random draws follow it)."""
