@@ -1,0 +1,27 @@
+"""Under 2-process CPU DDP each rank reads its own half of the data (FFCV and torch backends)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import requires_ffcv
+
+SCRIPT = Path(__file__).with_name("ddp_script.py")
+
+
+@pytest.mark.parametrize("backend", [pytest.param("ffcv", marks=requires_ffcv), "torch"])
+def test_each_rank_sees_half_of_the_samples(tmp_path, cifar, backend):
+    n = 128
+    npz = tmp_path / "data.npz"
+    np.savez(npz, images=cifar["train_x"][:n], labels=np.arange(n))  # label = index, to trace samples
+    result = subprocess.run([sys.executable, str(SCRIPT), str(npz), str(tmp_path), backend],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = [list(map(int, (tmp_path / f"rank{r}.txt").read_text().split())) for r in range(2)]
+    assert len(seen[0]) == len(seen[1]) == n // 2  # drop_last batches of 16: 64 per rank
+    assert not set(seen[0]) & set(seen[1])
+    assert set(seen[0]) | set(seen[1]) == set(range(n))
