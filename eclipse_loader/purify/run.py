@@ -1,0 +1,209 @@
+"""Purify a whole dataset offline, resumably, and write the result as an FFCV beton.
+
+Work is split into fixed index ranges ("chunks"). Each finished chunk is saved as
+``WORK/chunk_<start>_<stop>.npy`` via a temporary file and `os.replace`, so a chunk file either
+exists complete or not at all. A run killed at any point (even SIGKILL) and started again with the
+same inputs skips the finished chunks and computes the rest; because every sample's noise depends
+only on ``(seed, index)``, the result equals an uninterrupted run's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.images import LabelledImages
+from ..denoiser.io import denoiser_hash, load_denoiser
+from ..storage.beton import read_manifest, write_beton
+from .purifier import Purifier, PurifyConfig
+
+PathLike = Union[str, os.PathLike]
+WORK_MANIFEST = "work.json"
+_log = logging.getLogger(__name__)
+
+
+class WorkDirMismatchError(RuntimeError):
+    """The work directory holds chunks of a different purification job."""
+
+
+def cache_key(data: LabelledImages, config: PurifyConfig, denoiser_dir: PathLike) -> str:
+    """Content hash (sha256 hex) of the input pixels and labels, the config and the denoiser files."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"shape": list(data.images.shape), "num_classes": data.num_classes}).encode())
+    h.update(np.ascontiguousarray(data.images).tobytes())
+    h.update(np.ascontiguousarray(data.labels, dtype="<i8").tobytes())
+    h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    h.update(denoiser_hash(denoiser_dir).encode())
+    return h.hexdigest()
+
+
+def _chunk_ranges(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
+
+
+def _chunk_path(work: Path, start: int, stop: int) -> Path:
+    return work / f"chunk_{start:09d}_{stop:09d}.npy"
+
+
+def _load_chunk(path: Path, expected_shape: tuple[int, ...]) -> Optional[np.ndarray]:
+    if not path.is_file():
+        return None
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:  # unreadable: recompute it
+        _log.warning("discarding unreadable chunk %s (%s)", path, error)
+        return None
+    if array.shape != expected_shape or array.dtype != np.uint8:
+        _log.warning("discarding chunk %s with shape %s %s", path, array.shape, array.dtype)
+        return None
+    return array
+
+
+def _save_atomic_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _prepare_work_dir(work: Path, key: str, n: int, chunk_size: int) -> int:
+    """Create or validate ``work``; returns the chunk size in force (the first run's)."""
+    work.mkdir(parents=True, exist_ok=True)
+    manifest = work / WORK_MANIFEST
+    if manifest.is_file():
+        info = json.loads(manifest.read_text())
+        if info.get("cache_key") != key or info.get("num_samples") != n:
+            raise WorkDirMismatchError(
+                f"{work} holds chunks of another job (cache key {str(info.get('cache_key'))[:12]}..., "
+                f"this job {key[:12]}...); use another work_dir or delete it"
+            )
+        return int(info["chunk_size"])
+    tmp = work / f".{WORK_MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"cache_key": key, "num_samples": n, "chunk_size": chunk_size}))
+    os.replace(tmp, manifest)
+    return chunk_size
+
+
+def purify_dataset(
+    data: LabelledImages,
+    denoiser_dir: PathLike,
+    out_beton: PathLike,
+    *,
+    config: PurifyConfig = PurifyConfig(),
+    work_dir: Optional[PathLike] = None,
+    batch_size: int = 256,
+    chunk_size: Optional[int] = None,
+    device: Union[str, torch.device, None] = None,
+    progress: bool = True,
+    also_npz: Optional[PathLike] = None,
+    keep_work: bool = False,
+) -> Path:
+    """Purify every image of ``data`` with the denoiser in ``denoiser_dir`` and write ``out_beton``.
+
+    Resumable: rerunning with the same inputs continues from the finished chunks in ``work_dir``.
+    If ``out_beton`` already exists with the same cache key in its manifest, nothing is done.
+
+    Args:
+        data: the (possibly poisoned) training set; sample ``i`` is purified with noise from
+            ``(config.seed, i)``, labels are carried through unchanged.
+        denoiser_dir: a directory written by `train_denoiser` / `save_denoiser`.
+        out_beton: destination beton; its manifest metadata records the config, the denoiser hash
+            and the cache key.
+        config: purification settings.
+        work_dir: where chunks are kept (default ``<out_beton>.work`` next to the output).
+        batch_size: images per U-Net call (does not change the result).
+        chunk_size: images per saved chunk (default ``max(batch_size, 1024)``; fixed by the first run).
+        device: ``"cpu"``, ``"cuda"``... (default: CUDA if available, else CPU).
+        progress: show a progress bar (images/s).
+        also_npz: also write ``images``/``labels`` arrays to this ``.npz``.
+        keep_work: keep the chunk files after success (default: delete them).
+
+    Returns:
+        The beton path.
+    """
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if len(data) == 0:
+        raise ValueError("nothing to purify: the dataset is empty")
+    out_beton = Path(out_beton)
+    key = cache_key(data, config, denoiser_dir)
+    if out_beton.is_file() and read_manifest(out_beton).get("metadata", {}).get("cache_key") == key:
+        _log.info("%s is up to date (cache key %s); skipping purification", out_beton, key[:12])
+        if also_npz is not None and not Path(also_npz).is_file():
+            raise FileNotFoundError(f"{out_beton} is cached but {also_npz} is missing; delete the beton to redo")
+        return out_beton
+    work = Path(work_dir) if work_dir is not None else out_beton.with_name(out_beton.name + ".work")
+    chunk = _prepare_work_dir(work, key, len(data), int(chunk_size or max(batch_size, 1024)))
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    unet, scheduler = load_denoiser(denoiser_dir, device=device)
+    purifier = Purifier(unet, scheduler, config, device=device)
+
+    ranges = _chunk_ranges(len(data), chunk)
+    shape = data.image_shape
+    todo = [(a, b) for a, b in ranges if _load_chunk(_chunk_path(work, a, b), (b - a, *shape)) is None]
+    done_images = len(data) - sum(b - a for a, b in todo)
+    if done_images:
+        _log.info("resuming: %d of %d images already purified in %s", done_images, len(data), work)
+    bar = tqdm(total=len(data), initial=done_images, unit="img", desc="purifying", disable=not progress)
+    start_time = time.perf_counter()
+    try:
+        for a, b in todo:
+            parts = []
+            for s in range(a, b, batch_size):
+                stop = min(s + batch_size, b)
+                parts.append(purifier.purify(data.images[s:stop], range(s, stop)))
+                bar.update(stop - s)
+                rate = (bar.n - done_images) / max(time.perf_counter() - start_time, 1e-9)
+                bar.set_postfix(img_per_s=f"{rate:.2f}")
+            _save_atomic_npy(_chunk_path(work, a, b), np.concatenate(parts))
+    finally:
+        bar.close()
+
+    purified = _assemble(work, ranges, shape)
+    result = LabelledImages(purified, data.labels.copy(), data.num_classes)
+    metadata: dict[str, Any] = {
+        "purification": config.to_dict(),
+        "t_star": purifier.t_star,
+        "timesteps": len(purifier.timesteps),
+        "denoiser_dir": str(denoiser_dir),
+        "denoiser_sha256": denoiser_hash(denoiser_dir),
+        "cache_key": key,
+    }
+    if also_npz is not None:
+        _write_npz(Path(also_npz), result)
+    write_beton(out_beton, result, metadata=metadata, progress=progress)
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return out_beton
+
+
+def _assemble(work: Path, ranges: list[tuple[int, int]], shape: tuple[int, ...]) -> np.ndarray:
+    """Concatenate the chunks in index order, checking every sample is present exactly once."""
+    parts = []
+    for a, b in ranges:
+        array = _load_chunk(_chunk_path(work, a, b), (b - a, *shape))
+        if array is None:
+            raise RuntimeError(f"chunk {a}:{b} missing from {work} after purification")
+        parts.append(array)
+    return np.concatenate(parts)
+
+
+def _write_npz(path: Path, data: LabelledImages) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, images=data.images, labels=data.labels)
+    os.replace(tmp, path)
