@@ -1,0 +1,78 @@
+"""`eclipse-loader train-denoiser`: choose the sparse clean set and train the ECLIPSE denoiser on it."""
+from __future__ import annotations
+
+import argparse
+
+SOURCE_HELP = ("data source: embedded:train|trusted|test, npz:PATH[:IMAGES_KEY:LABELS_KEY], cifar10:ROOT[:train|test], "
+               "imagefolder:PATH, or a .npz path")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train-denoiser",
+        help="train the sparse-set diffusion denoiser (saved as safetensors + config.json)",
+        description=(
+            "Pick a class-balanced sparse clean set from a TRUSTED clean source (default 4%% of --train-size "
+            "images, the paper's B/N), optionally check it shares no image with the evaluation set, and train "
+            "a diffusers UNet2DModel on it (eps-MSE, cosine schedule, T=4000, EMA weights). The output "
+            "directory holds unet/ and scheduler/ in diffusers format plus denoiser.json."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("source", help="trusted clean images to draw the sparse set from; " + SOURCE_HELP)
+    parser.add_argument("output", help="directory to write the denoiser to")
+    parser.add_argument("--preset", choices=["paper", "small", "tiny"], default="small",
+                        help="U-Net size: paper (52.5M params, GPU), small (CPU-trainable), tiny (tests only)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--sparse-count", type=int, default=None, help="sparse-set size in images")
+    size.add_argument("--sparse-fraction", type=float, default=None,
+                      help="sparse-set size as a fraction of --train-size (default 0.04)")
+    size.add_argument("--all", action="store_true", help="use the whole source as the sparse set")
+    parser.add_argument("--train-size", type=int, default=None,
+                        help="size of the (poisoned) training set the fraction refers to (default: size of SOURCE)")
+    parser.add_argument("--sparse-seed", type=int, default=0, help="seed of the sparse-set draw")
+    parser.add_argument("--eval-source", default=None,
+                        help="the set the victim will be scored on; the sparse set is checked for shared images")
+    parser.add_argument("--overlap", choices=["refuse", "warn"], default="refuse",
+                        help="what to do when the sparse set shares images with --eval-source")
+    parser.add_argument("--enlarge", type=int, default=0, metavar="M",
+                        help="duplicate enlargement: append M plain copies of the sparse set (paper M=4; no effect "
+                             "on the sampling distribution)")
+    parser.add_argument("--max-steps", type=int, default=20000, help="optimizer steps (paper: 250000)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per step (paper recipe: 128)")
+    parser.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate")
+    parser.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay of the saved weights")
+    parser.add_argument("--t-max", type=int, default=None,
+                        help="train only on timesteps t <= T_MAX (purification with t*=100 uses t <= 99)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of init, data order, noise and timesteps")
+    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.sources import load_source
+    from ..data.sparse import check_overlap, duplicate_enlarge, select_sparse_indices
+    from ..denoiser.training import train_denoiser
+
+    pool = load_source(args.source)
+    if args.all:
+        indices = list(range(len(pool)))
+    else:
+        indices = select_sparse_indices(pool, count=args.sparse_count, fraction=args.sparse_fraction,
+                                        train_size=args.train_size, seed=args.sparse_seed).tolist()
+    sparse = pool.subset(indices)
+    if args.eval_source:
+        check_overlap(sparse, load_source(args.eval_source), policy=args.overlap)
+    train_set = duplicate_enlarge(sparse, args.enlarge) if args.enlarge else sparse
+    print(f"sparse set: {len(sparse)} images from {args.source}"
+          f"{f' (x{args.enlarge + 1} after enlargement)' if args.enlarge else ''}")
+    out = train_denoiser(
+        train_set, args.preset, args.output, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+        ema_decay=args.ema_decay, t_max=args.t_max, seed=args.seed, accelerator=args.accelerator,
+        progress=not args.no_progress,
+        metadata={"source": args.source, "sparse_indices": indices, "sparse_seed": args.sparse_seed,
+                  "eval_source": args.eval_source, "enlarge_m": args.enlarge},
+    )
+    print(f"denoiser written to {out}")
+    return 0
