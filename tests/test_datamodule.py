@@ -71,8 +71,9 @@ def test_three_epochs_do_not_grow_the_thread_count(tmp_path, cifar):
     before = threading.active_count()
     _trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=1,
              callbacks=[CountThreads()]).fit(TinyClassifier(), datamodule=dm)
-    assert len(counts) == 3 and counts[2] <= counts[0], counts
-    assert threading.active_count() <= before + 1
+    after = threading.active_count()
+    assert len(counts) == 3 and counts[2] <= counts[0], (before, counts, after)
+    assert after <= before + 1, (before, counts, after)
 
 
 def test_state_dict_round_trips_through_a_checkpoint(tmp_path, cifar):
@@ -137,3 +138,33 @@ def test_lightning_cli_builds_a_typed_data_section(tmp_path):
                              "--data.backend=torch", "--trainer.accelerator=cpu"])
     assert isinstance(cli.datamodule, EclipseDataModule)
     assert cli.datamodule.hparams.batch_size == 16 and cli.datamodule.augment.p_gray == 0.3
+
+
+@pytest.mark.parametrize("backend", [pytest.param("ffcv", marks=requires_ffcv), "torch"])
+def test_epoch_k_under_lightning_uses_the_draws_of_epoch_k(tmp_path, cifar, backend):
+    """Lightning calls iter() before set_epoch; that must not consume or shift an epoch."""
+    source = _npz(tmp_path, cifar, 64)
+    kwargs = dict(train=source, batch_size=32, backend=backend, cache_dir=str(tmp_path / "cache"), seed=3,
+                  flip=False, translate_padding=0)  # FFCV's own flip/translate ops are unseeded
+    firsts = []
+
+    class FirstBatch(TinyClassifier):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 0:
+                firsts.append(batch[0].clone())
+            return super().training_step(batch, batch_idx)
+
+    _trainer(max_epochs=2, num_sanity_val_steps=0).fit(FirstBatch(), datamodule=EclipseDataModule(**kwargs))
+    reference = EclipseDataModule(**kwargs)
+    reference.prepare_data()
+    reference.setup("fit")
+    loader = reference.train_dataloader()
+    iter(loader)  # an iterator never advanced consumes nothing
+    expected = []
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        expected.append(next(iter(loader))[0])
+    reference.teardown()
+    assert len(firsts) == 2
+    assert torch.equal(firsts[0], expected[0]) and torch.equal(firsts[1], expected[1])
+    assert not torch.equal(expected[0], expected[1])

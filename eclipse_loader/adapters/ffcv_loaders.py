@@ -84,10 +84,19 @@ class FFCVEpochLoader:
 
     def __iter__(self) -> Iterator[Any]:
         self.close()
+        return self._run_epoch()
+
+    def _run_epoch(self) -> Iterator[Any]:
+        # A generator: the epoch is read, and FFCV's thread started, only at the first batch, so the
+        # extra iter() calls Lightning makes before set_epoch neither consume an epoch nor leak a thread.
         if self.compensation is not None:
             self.compensation.set_epoch(self.loader.next_epoch)
-        self._iterator = iter(self.loader)
-        return self._iterator
+        iterator = self._iterator = iter(self.loader)
+        try:
+            yield from iterator
+        finally:
+            if self._iterator is iterator:
+                self.close()
 
     def close(self) -> None:
         """Stop the running epoch's worker thread, if any."""

@@ -141,8 +141,10 @@ class EclipseDataModule(pl.LightningDataModule):
                 self._data[split] = self._materialise(split, source, write=False)
 
     def train_dataloader(self) -> Any:
+        previous = self._loaders.get("train")
+        epoch = previous.next_epoch if previous is not None else self._next_train_epoch
         loader = self._make("train", self.hparams.batch_size, train=True)
-        loader.set_epoch(self._next_train_epoch)
+        loader.set_epoch(epoch)  # a rebuilt loader carries on from the epoch the last one reached
         return loader
 
     def val_dataloader(self) -> Any:

@@ -135,15 +135,19 @@ class TorchEpochLoader:
         return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self._run_epoch()
+
+    def _run_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # A generator: the epoch is read at the first batch, so an iter() that is never advanced
+        # (Lightning makes some before calling set_epoch) does not consume an epoch.
         epoch = self.next_epoch
         self.next_epoch += 1
         order = epoch_order(len(self.dataset), self.seed, epoch, self.shuffle, self.rank, self.world_size)
         collate = _AugmentingCollate(self.dataset, self.augment, self.seed, epoch, self.normalize)
-        loader = DataLoader(
+        yield from DataLoader(
             order.tolist(), batch_size=self.batch_size, shuffle=False, drop_last=self.drop_last,
             collate_fn=collate, num_workers=self.num_workers,
         )
-        return iter(loader)
 
     def close(self) -> None:
         """Nothing to release (present for parity with the FFCV loader)."""
