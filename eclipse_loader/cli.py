@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from typing import Optional, Sequence
 
@@ -24,8 +23,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES.values():
-        if importlib.util.find_spec(module_name) is None:  # TEMPORARY while commands are being written
-            continue
         importlib.import_module(module_name).register(sub)
     return parser
 

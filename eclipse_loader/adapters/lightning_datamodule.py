@@ -78,8 +78,9 @@ class EclipseDataModule(pl.LightningDataModule):
         cache_dir: where betons derived from non-beton sources (and purified data) are written.
         purify: purify ``train`` with the denoiser in ``denoiser`` during ``prepare_data`` (cached).
         denoiser: directory of a denoiser saved by ``eclipse-loader train-denoiser``.
-        t_star: purification noise level (diffusion timestep).
+        t_star: purification noise level as a diffusion timestep (None: sqrt(1 - abar) closest to 0.05).
         purify_steps: reverse steps of the purification (None: the full chain).
+        purify_sampler: ``"ddpm"`` (stochastic, the paper's) or ``"ddim"`` (deterministic).
         purify_batch_size: batch size of the purification pass.
         purify_device: device of the purification pass (``"cpu"``, ``"cuda"``).
     """
@@ -104,8 +105,9 @@ class EclipseDataModule(pl.LightningDataModule):
         cache_dir: str = "~/.cache/eclipse-loader",
         purify: bool = False,
         denoiser: Optional[str] = None,
-        t_star: int = 100,
+        t_star: Optional[int] = 100,
         purify_steps: Optional[int] = None,
+        purify_sampler: str = "ddpm",
         purify_batch_size: int = 256,
         purify_device: str = "cpu",
     ) -> None:
@@ -129,16 +131,21 @@ class EclipseDataModule(pl.LightningDataModule):
     # ---- hooks -------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Write the betons the loaders need (rank zero only; reuses cached results)."""
-        if self.backend != "ffcv" and not self.hparams.purify:
-            return
+        _, world, _ = self._world()
         for split, source in self._sources.items():
-            if source is not None:
+            purifying = split == "train" and self.hparams.purify
+            if source is None or (purifying and world > 1):
+                continue  # under DDP the purification runs in setup(), clear of the barrier timeout
+            if self.backend == "ffcv" or purifying:
                 self._materialise(split, source, write=True)
 
     def setup(self, stage: Optional[str] = None) -> None:
+        _, world, _ = self._world()
         for split, source in self._sources.items():
             if source is not None and split not in self._data:
-                self._data[split] = self._materialise(split, source, write=False)
+                # under DDP the purification runs here, on local rank zero (see `_purified_beton`)
+                purify_here = world > 1 and split == "train" and self.hparams.purify and self._local_rank() == 0
+                self._data[split] = self._materialise(split, source, write=purify_here)
 
     def train_dataloader(self) -> Any:
         previous = self._loaders.get("train")
@@ -200,9 +207,36 @@ class EclipseDataModule(pl.LightningDataModule):
         return path
 
     def _purified_beton(self, data: LabelledImages, write: bool) -> Path:
-        from ..purify.datamodule_support import purified_beton
+        """The cached purified beton of ``data``; computed here when ``write`` (one process per node).
 
-        return purified_beton(data, self.hparams, self.cache_dir, write=write)
+        With one process, the work happens in ``prepare_data``. Under DDP it happens in ``setup``:
+        local rank zero purifies while the other ranks poll the file system for the result, so no
+        collective (whose timeout is 30 minutes by default) waits on a long purification.
+        """
+        from ..purify.purifier import PurifyConfig
+        from ..purify.run import cache_key, purify_dataset
+
+        config = PurifyConfig(t_star=self.hparams.t_star, steps=self.hparams.purify_steps,
+                              sampler=self.hparams.purify_sampler, seed=self.hparams.seed)
+        key = cache_key(data, config, self.hparams.denoiser)
+        path = self.cache_dir / "purified" / f"{key[:24]}.beton"
+        failed = path.with_name(path.name + ".failed")
+        if path.exists():
+            return path
+        if write:
+            failed.unlink(missing_ok=True)
+            try:
+                return purify_dataset(data, self.hparams.denoiser, path, config=config,
+                                      batch_size=self.hparams.purify_batch_size, device=self.hparams.purify_device)
+            except BaseException as error:
+                failed.parent.mkdir(parents=True, exist_ok=True)
+                failed.write_text(f"{type(error).__name__}: {error}")
+                raise
+        return _wait_for(path, failed)
+
+    def _local_rank(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return 0 if trainer is None else int(trainer.local_rank)
 
     def _world(self) -> tuple[int, int, int]:
         trainer = getattr(self, "trainer", None)
@@ -251,3 +285,15 @@ class EclipseDataModule(pl.LightningDataModule):
 
         classes = read_manifest(data).get("num_classes")
         return int(classes) if classes else int(load_source(str(data)).num_classes)
+
+
+def _wait_for(path: Path, failed: Path, poll_s: float = 5.0) -> Path:
+    """Wait (without a collective, so without a timeout) for another process to write ``path``."""
+    import time
+
+    started = time.time()
+    while not path.exists():
+        if failed.exists() and failed.stat().st_mtime >= started:
+            raise RuntimeError(f"purification on local rank zero failed: {failed.read_text()}")
+        time.sleep(poll_s)
+    return path
