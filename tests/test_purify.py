@@ -191,7 +191,7 @@ def test_kill_and_resume_gives_each_sample_once(denoiser_dir, images, tmp_path):
     assert (resumed["images"] != images.images).mean() > 0.1  # it did purify
 
 
-def test_end_to_end_cli_on_cifar(tmp_path):
+def test_end_to_end_cli_on_cifar(tmp_path, capsys):
     from eclipse_loader.cli import main
     from eclipse_loader.storage.beton import read_beton, read_manifest
 
@@ -219,6 +219,9 @@ def test_end_to_end_cli_on_cifar(tmp_path):
     assert width > height > 3 * 32  # 3 rows of 4 upscaled images
 
     # the eval set overlapping the sparse set is refused by the CLI
-    with pytest.raises(Exception, match="evaluation set"):
+    with pytest.raises(SystemExit) as refused:
         main(["train-denoiser", f"npz:{tmp_path / 'eval.npz'}", str(tmp_path / "bad"), "--preset", "tiny", "--all",
               "--eval-source", f"npz:{tmp_path / 'eval.npz'}", "--max-steps", "1", "--no-progress"])
+    assert refused.value.code != 0
+    assert "100 of 100 sparse-set images also appear in the evaluation set" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
