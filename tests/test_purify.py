@@ -146,7 +146,7 @@ if record != '-':  # log every index this process purifies
     purifier.Purifier.purify = recording
 arrays = np.load(inp)
 data = LabelledImages(arrays['images'], arrays['labels'], 10)
-purify_dataset(data, den, beton, config=purifier.PurifyConfig(steps=30), work_dir=None if work == '-' else work,
+purify_dataset(data, den, beton, config=purifier.PurifyConfig(steps=10), work_dir=None if work == '-' else work,
                batch_size=int(batch), chunk_size=int(chunk), progress=False, also_npz=npz)
 """
 

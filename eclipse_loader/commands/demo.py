@@ -1,9 +1,9 @@
 """`eclipse-loader demo`: the whole ECLIPSE pipeline, end to end, on the embedded CIFAR-10 sample.
 
-Poison the 2,000 training images (class-wise random noise, a model-free poison), train a denoiser on
+Poison the 2,000 training images (class-wise patch colours, LSP-style, a model-free poison), train a denoiser on
 the 500 trusted images, purify the poisoned set, then train the same small victim twice, without
-defence and with ECLIPSE (purified data + compensation), and print both test accuracies (500 test
-images). Everything lands in ``--workdir``; finished steps are reused when the command is re-run.
+defence and with ECLIPSE (purified data + compensation), plus once on the clean images for reference,
+and print the test accuracies (500 test images). Everything lands in ``--workdir``; finished steps are reused when the command is re-run.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.embedded import load_embedded
-from ..evaluation.poisons import classwise_noise
+from ..evaluation.poisons import classwise_noise, classwise_patches
 from ..evaluation.victim import train_victim
 from ..loading.config import AugmentConfig
 from ..storage.beton import read_beton
@@ -28,11 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workdir", default="eclipse-demo", help="where the denoiser, betons and results go")
     parser.add_argument("--preset", default="small", help="denoiser preset (tiny, small, paper)")
     parser.add_argument("--denoiser-steps", type=int, default=300, help="denoiser training steps")
+    parser.add_argument("--denoiser-lr", type=float, default=1e-3, help="denoiser learning rate")
     parser.add_argument("--t-star", type=int, default=100, help="purification noise level (timestep of 4000)")
     parser.add_argument("--purify-steps", type=int, default=2, help="reverse steps of the purification (full chain: --t-star)")
     parser.add_argument("--epochs", type=int, default=12, help="victim training epochs")
     parser.add_argument("--epsilon", type=float, default=8 / 255, help="poison L-inf budget in [0,1] units")
-    parser.add_argument("--clean-reference", action="store_true", help="also train on the clean images (a third victim)")
+    parser.add_argument("--poison", choices=["patches", "noise"], default="patches",
+                        help="patches: class-wise 8x8 patch colours (LSP-style); noise: class-wise per-pixel noise (URP-style)")
+    parser.add_argument("--no-clean-reference", dest="clean_reference", action="store_false",
+                        help="skip the third victim trained on the clean images")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
@@ -53,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     train, trusted, test = (load_embedded(s) for s in ("train", "trusted", "test"))
-    poisoned = classwise_noise(train, args.epsilon, seed=args.seed)
-    print(f"embedded CIFAR-10 sample: {len(train)} train (poisoned: class-wise noise, L-inf {args.epsilon * 255:.0f}/255), "
+    poison = classwise_patches if args.poison == "patches" else classwise_noise
+    poisoned = poison(train, args.epsilon, seed=args.seed)
+    print(f"embedded CIFAR-10 sample: {len(train)} train (poison: class-wise {args.poison}, L-inf {args.epsilon * 255:.0f}/255), "
           f"{len(trusted)} trusted clean, {len(test)} test")
 
     denoiser = work / f"denoiser-{args.preset}-{args.denoiser_steps}"
@@ -62,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if weights_path(denoiser).exists():
         print(f"reusing {denoiser}")
     else:
-        train_denoiser(trusted, args.preset, denoiser, max_steps=args.denoiser_steps, batch_size=32, t_max=args.t_star,
+        train_denoiser(trusted, args.preset, denoiser, max_steps=args.denoiser_steps, batch_size=32, lr=args.denoiser_lr, t_max=args.t_star,
                        ema_decay=0.995, seed=args.seed, accelerator="cpu", progress=True)
     timings["denoiser_training_s"] = time.perf_counter() - start
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-SOURCE_HELP = ("data source: embedded:train|trusted|test, npz:PATH[:IMAGES_KEY:LABELS_KEY], cifar10:ROOT[:train|test], "
-               "imagefolder:PATH, or a .npz path")
+from ..data.sources import SOURCE_SPEC_HELP
+
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("source", help="the dataset to purify; " + SOURCE_HELP)
+    parser.add_argument("source", help="the dataset to purify; " + SOURCE_SPEC_HELP)
     parser.add_argument("denoiser", help="denoiser directory written by `eclipse-loader train-denoiser`")
     parser.add_argument("output", help="the .beton file to write")
     parser.add_argument("--t-star", type=int, default=None, help="forward steps t* (default: from --noise-std)")

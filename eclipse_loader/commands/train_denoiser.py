@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-SOURCE_HELP = ("data source: embedded:train|trusted|test, npz:PATH[:IMAGES_KEY:LABELS_KEY], cifar10:ROOT[:train|test], "
-               "imagefolder:PATH, or a .npz path")
+from ..data.sources import SOURCE_SPEC_HELP
+
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("source", help="trusted clean images to draw the sparse set from; " + SOURCE_HELP)
+    parser.add_argument("source", help="trusted clean images to draw the sparse set from; " + SOURCE_SPEC_HELP)
     parser.add_argument("output", help="directory to write the denoiser to")
     parser.add_argument("--preset", choices=["paper", "small", "tiny"], default="small",
                         help="U-Net size: paper (52.5M params, GPU), small (CPU-trainable), tiny (tests only)")

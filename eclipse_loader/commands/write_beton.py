@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..data.sources import load_source
+from ..data.sources import SOURCE_SPEC_HELP, load_source
 from ..storage.beton import write_beton
-
-SOURCE_HELP = ("data source: embedded:train|trusted|test, npz:PATH[:IMAGES_KEY:LABELS_KEY], cifar10:ROOT[:train|test], "
-               "cifar100:ROOT[:split], svhn:ROOT[:split], imagefolder:PATH, or a .npz path")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Validate every sample first (dtype, shape, channels, sizes, labels), then write the beton "
                     "atomically (temporary file renamed when complete). Readable by FFCV's CIFAR example.",
     )
-    parser.add_argument("source", help=SOURCE_HELP)
+    parser.add_argument("source", help=SOURCE_SPEC_HELP)
     parser.add_argument("output", help="the .beton file to write")
     parser.add_argument("--grayscale", choices=["refuse", "convert"], default="refuse",
                         help="single-channel images: refuse them (default) or repeat the channel")

@@ -15,6 +15,10 @@ import numpy as np
 from .images import GrayscalePolicy, InvalidInputError, LabelledImages, as_labelled_images, grayscale_policy_image
 
 PathLike = Union[str, os.PathLike]
+SOURCE_SPEC_HELP = (
+    "data source: embedded:train|trusted|test, npz:PATH[:IMAGES_KEY:LABELS_KEY], cifar10:ROOT[:train|test], "
+    "cifar100:ROOT[:split], svhn:ROOT[:split], imagefolder:PATH, or a .npz/.beton path"
+)
 NPZ_KEY_PAIRS = (("images", "labels"), ("x", "y"), ("train_x", "train_y"), ("data", "targets"))
 SPLITS = ("train", "test")
 

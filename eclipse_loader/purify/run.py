@@ -38,9 +38,7 @@ class WorkDirMismatchError(RuntimeError):
 def cache_key(data: LabelledImages, config: PurifyConfig, denoiser_dir: PathLike) -> str:
     """Content hash (sha256 hex) of the input pixels and labels, the config and the denoiser files."""
     h = hashlib.sha256()
-    h.update(json.dumps({"shape": list(data.images.shape), "num_classes": data.num_classes}).encode())
-    h.update(np.ascontiguousarray(data.images).tobytes())
-    h.update(np.ascontiguousarray(data.labels, dtype="<i8").tobytes())
+    h.update(data.fingerprint().encode())
     h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
     h.update(denoiser_hash(denoiser_dir).encode())
     return h.hexdigest()

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.images import LabelledImages
+from ..loading.config import usable_cores
 
 WriteMode = Literal["raw", "jpg"]
 PathLike = Union[str, os.PathLike]
@@ -88,7 +89,7 @@ def write_beton(
 
 
 def _clamp_workers(num_workers: Optional[int]) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     if num_workers is None or num_workers < 1:
         return cores
     return min(int(num_workers), cores)
