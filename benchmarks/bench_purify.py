@@ -26,6 +26,7 @@ MODES = {
     "ddpm_full": dict(sampler="ddpm", steps=None),
     "ddpm_strided_20": dict(sampler="ddpm", steps=20),
     "ddim_10": dict(sampler="ddim", steps=10),
+    "ddpm_strided_2": dict(sampler="ddpm", steps=2),  # the demo's setting
 }
 
 
