@@ -168,3 +168,20 @@ def test_epoch_k_under_lightning_uses_the_draws_of_epoch_k(tmp_path, cifar, back
     assert len(firsts) == 2
     assert torch.equal(firsts[0], expected[0]) and torch.equal(firsts[1], expected[1])
     assert not torch.equal(expected[0], expected[1])
+
+
+@pytest.mark.parametrize("backend", [pytest.param("ffcv", marks=requires_ffcv), "torch"])
+def test_from_arrays(tmp_path, cifar, backend):
+    from eclipse_loader import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="uint8"):
+        EclipseDataModule.from_arrays(train=(cifar["train_x"][:8].astype(np.float32), cifar["train_y"][:8]), backend=backend)
+    dm = EclipseDataModule.from_arrays(train=(cifar["train_x"][:96], cifar["train_y"][:96]),
+                                       val=(cifar["test_x"][:40], cifar["test_y"][:40]), num_classes=10,
+                                       batch_size=32, backend=backend, cache_dir=str(tmp_path / "cache"))
+    model = TinyClassifier()
+    _trainer(max_epochs=1, num_sanity_val_steps=0).fit(model, datamodule=dm)
+    assert model.seen_train == [32, 32, 32]
+    val_x, val_y = next(iter(dm.val_dataloader()))
+    assert val_x.shape == (32, 3, 32, 32)
+    assert torch.equal(val_y, torch.from_numpy(cifar["test_y"][:32].astype(np.int64)))

@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 
-from ..data.images import LabelledImages
+from ..data.images import LabelledImages, as_labelled_images
 from ..data.sources import load_source
 from ..loading.config import AugmentConfig
 from ..loading.torch_loader import TorchEpochLoader
 
 Backend = Literal["auto", "ffcv", "torch"]
+IN_MEMORY = "in-memory"  # the source name of splits given as arrays (`EclipseDataModule.from_arrays`)
 _FALLBACK_WARNED = False
 
 
@@ -125,8 +127,30 @@ class EclipseDataModule(pl.LightningDataModule):
         self.cache_dir = Path(os.path.expanduser(cache_dir))
         self._sources = {"train": train, "val": val, "test": test}
         self._data: dict[str, Union[Path, LabelledImages]] = {}
+        self._in_memory: dict[str, LabelledImages] = {}
         self._loaders: dict[str, Any] = {}
         self._next_train_epoch = 0
+
+    @classmethod
+    def from_arrays(
+        cls,
+        train: tuple[np.ndarray, np.ndarray],
+        val: Optional[tuple[np.ndarray, np.ndarray]] = None,
+        test: Optional[tuple[np.ndarray, np.ndarray]] = None,
+        num_classes: Optional[int] = None,
+        **kwargs: Any,
+    ) -> "EclipseDataModule":
+        """A DataModule over in-memory ``(images uint8 NHWC, labels)`` pairs (validated now).
+
+        Other keyword arguments are those of the constructor. With the FFCV backend the arrays are
+        written to betons in ``cache_dir`` (keyed by content hash) by ``prepare_data``.
+        """
+        splits = {"train": train, "val": val, "test": test}
+        datamodule = cls(**{k: None if v is None else IN_MEMORY for k, v in splits.items()}, **kwargs)
+        for split, pair in splits.items():
+            if pair is not None:
+                datamodule._in_memory[split] = as_labelled_images(pair[0], pair[1], num_classes)
+        return datamodule
 
     # ---- hooks -------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -191,7 +215,7 @@ class EclipseDataModule(pl.LightningDataModule):
             if not Path(source).exists():
                 raise FileNotFoundError(f"{split} beton not found: {source}")
             return Path(source) if self.backend == "ffcv" else load_source(source)
-        data = load_source(source)
+        data = self._in_memory[split] if split in self._in_memory else load_source(source)
         if split == "train" and self.hparams.purify:
             data_path = self._purified_beton(data, write)
             return data_path if self.backend == "ffcv" else load_source(str(data_path))
