@@ -72,7 +72,9 @@ def test_three_epochs_do_not_grow_the_thread_count(tmp_path, cifar):
     _trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=1,
              callbacks=[CountThreads()]).fit(TinyClassifier(), datamodule=dm)
     after = threading.active_count()
-    assert len(counts) == 3 and counts[2] <= counts[0], (before, counts, after)
+    # an FFCV iterator Lightning abandons is closed when the next epoch starts, so a transient +1 is
+    # fine; a leak grows by one or two threads per epoch (seen upstream: 11 -> 13 -> 15)
+    assert len(counts) == 3 and max(counts) - min(counts) <= 1, (before, counts, after, threading.enumerate())
     assert after <= before + 1, (before, counts, after)
 
 
