@@ -10,23 +10,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from eclipse_loader.adapters.ffcv_loaders import make_ffcv_loader
-from eclipse_loader.data.images import as_labelled_images
-from eclipse_loader.loading.config import AugmentConfig, usable_cores
-from eclipse_loader.loading.torch_loader import TorchEpochLoader
-from eclipse_loader.storage.beton import write_beton
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, append_jsonl, command_line, machine_info  # noqa: E402
+
+from eclipse_loader.adapters.ffcv_loaders import make_ffcv_loader  # noqa: E402
+from eclipse_loader.data.images import as_labelled_images  # noqa: E402
+from eclipse_loader.loading.config import AugmentConfig  # noqa: E402
+from eclipse_loader.loading.torch_loader import TorchEpochLoader  # noqa: E402
+from eclipse_loader.storage.beton import write_beton  # noqa: E402
 
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10.npz"
-OUT = Path(__file__).resolve().parent / "results" / "loader_speed.jsonl"
+OUT = RESULTS / "loader_speed.jsonl"
 
 
 def time_epochs(loader, epochs: int) -> float:
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     with np.load(CIFAR) as d:
         data = as_labelled_images(d["train_x"][: args.samples], d["train_y"][: args.samples], 10)
@@ -66,13 +68,10 @@ def main() -> None:
                 row = {
                     "benchmark": "loader_speed", "backend": backend, "pipeline": name, "images_per_s": round(rate, 1),
                     "samples": args.samples, "batch_size": args.batch_size, "epochs_timed": args.epochs,
-                    "cores": usable_cores(), "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-                    "command": "python " + " ".join(sys.argv), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "machine": machine_info(), "command": command_line(),
                 }
                 print(json.dumps(row), flush=True)
-                OUT.parent.mkdir(parents=True, exist_ok=True)
-                with OUT.open("a") as handle:
-                    handle.write(json.dumps(row) + "\n")
+                append_jsonl(Path(args.out), row)
 
 
 if __name__ == "__main__":
