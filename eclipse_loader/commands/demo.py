@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="patches: class-wise 8x8 patch colours (LSP-style); noise: class-wise per-pixel noise (URP-style)")
     parser.add_argument("--no-clean-reference", dest="clean_reference", action="store_false",
                         help="skip the third victim trained on the clean images")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also train with compensation only and with purification only (two more victims)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
@@ -63,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
           f"{len(trusted)} trusted clean, {len(test)} test")
 
     denoiser = work / f"denoiser-{args.preset}-{args.denoiser_steps}"
-    start = _step(f"1/4 train the {args.preset} denoiser on the {len(trusted)} trusted images ({args.denoiser_steps} steps)")
+    total = 4 + int(args.clean_reference) + 2 * int(args.ablation)
+    start = _step(f"1/{total} train the {args.preset} denoiser on the {len(trusted)} trusted images ({args.denoiser_steps} steps)")
     if weights_path(denoiser).exists():
         print(f"reusing {denoiser}")
     else:
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                        ema_decay=0.995, seed=args.seed, accelerator="cpu", progress=True)
     timings["denoiser_training_s"] = time.perf_counter() - start
 
-    start = _step(f"2/4 purify the poisoned set (t*={args.t_star}, {args.purify_steps} reverse steps)")
+    start = _step(f"2/{total} purify the poisoned set (t*={args.t_star}, {args.purify_steps} reverse steps)")
     config = PurifyConfig(t_star=args.t_star, steps=args.purify_steps, seed=args.seed)
     beton = purify_dataset(poisoned, denoiser, work / "purified.beton", config=config, batch_size=250, device="cpu")
     purified = read_beton(beton)
@@ -83,11 +86,14 @@ def run(args: argparse.Namespace) -> int:
         ("no defence (poisoned data)", poisoned, AugmentConfig(compensate=False)),
         ("ECLIPSE (purified + compensation)", purified, AugmentConfig()),
     ]
+    if args.ablation:
+        runs.append(("compensation only (poisoned data)", poisoned, AugmentConfig()))
+        runs.append(("purification only (no compensation)", purified, AugmentConfig(compensate=False)))
     if args.clean_reference:
         runs.append(("clean data, no defence (reference)", train, AugmentConfig(compensate=False)))
     results = {}
     for k, (name, data, augment) in enumerate(runs, start=3):
-        start = _step(f"{min(k, 4)}/4 train the victim: {name}, {args.epochs} epochs")
+        start = _step(f"{k}/{len(runs) + 2} train the victim: {name}, {args.epochs} epochs")
         result = train_victim(data, test, augment, epochs=args.epochs, seed=args.seed)
         results[name] = result.test_accuracy
         timings[f"victim {name} s"] = time.perf_counter() - start
