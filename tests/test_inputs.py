@@ -112,3 +112,18 @@ def test_mixed_sizes_need_resize(tmp_path, cifar):
 def test_unknown_source_is_explained():
     with pytest.raises(ValueError, match="unknown data source 'ftp:x'"):
         load_source("ftp:x")
+
+
+def test_torchvision_cifar_and_svhn_layouts(cifar):
+    from torchvision.datasets import CIFAR10, SVHN
+
+    cifar_ds = CIFAR10.__new__(CIFAR10)  # as after download: .data NHWC uint8, .targets list
+    cifar_ds.data, cifar_ds.targets, cifar_ds.transform = cifar["train_x"][:12], list(cifar["train_y"][:12]), None
+    cifar_ds.classes = [str(c) for c in range(10)]
+    data = from_torchvision(cifar_ds)
+    assert data.num_classes == 10 and np.array_equal(data.images, cifar["train_x"][:12])
+
+    svhn_ds = SVHN.__new__(SVHN)  # SVHN keeps NCHW arrays and .labels
+    svhn_ds.data, svhn_ds.labels, svhn_ds.transform = cifar["train_x"][:12].transpose(0, 3, 1, 2), cifar["train_y"][:12], None
+    data = from_torchvision(svhn_ds)
+    assert np.array_equal(data.images, cifar["train_x"][:12])
