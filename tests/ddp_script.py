@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from torch import nn
 

@@ -13,9 +13,8 @@ import torch
 
 from eclipse_loader.data.images import LabelledImages, as_labelled_images
 from eclipse_loader.denoiser import build_scheduler, build_unet, save_denoiser
-from eclipse_loader.purify import purifier as purifier_mod
 from eclipse_loader.purify.purifier import Purifier, PurifyConfig, sample_seed, timesteps_for, to_model_range, to_uint8
-from eclipse_loader.purify.run import cache_key, purify_dataset
+from eclipse_loader.purify.run import cache_key
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR = REPO / "../shared/data/cifar10.npz"

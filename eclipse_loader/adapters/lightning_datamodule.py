@@ -17,7 +17,6 @@ from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
 
 from ..data.images import LabelledImages, as_labelled_images
 from ..data.sources import load_source
