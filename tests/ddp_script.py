@@ -1,5 +1,6 @@
 """Run by tests/test_ddp.py: 2-process CPU DDP (gloo) fit with EclipseDataModule; each rank writes the
-dataset indices it trained on (recovered from a label-free index channel) to OUT_DIR/rank{R}.txt."""
+dataset indices it trained on (the labels are the indices) to OUT_DIR/rank{R}.txt. With a denoiser
+directory as 4th argument the DataModule purifies first (local rank 0 in setup, rank 1 waits)."""
 from __future__ import annotations
 
 import sys
@@ -33,12 +34,14 @@ class RecordIndices(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def main(npz: str, out_dir: str, backend: str) -> None:
-    dm = EclipseDataModule(train=f"npz:{npz}", batch_size=16, backend=backend, cache_dir=str(Path(out_dir) / "cache"), num_workers=1)
+def main(npz: str, out_dir: str, backend: str, denoiser: str = "") -> None:
+    purify = dict(purify=True, denoiser=denoiser, t_star=20, purify_steps=1) if denoiser else {}
+    dm = EclipseDataModule(train=f"npz:{npz}", batch_size=16, backend=backend, cache_dir=str(Path(out_dir) / "cache"),
+                           num_workers=1, **purify)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(RecordIndices(out_dir), datamodule=dm)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -25,3 +25,23 @@ def test_each_rank_sees_half_of_the_samples(tmp_path, cifar, backend):
     assert len(seen[0]) == len(seen[1]) == n // 2  # drop_last batches of 16: 64 per rank
     assert not set(seen[0]) & set(seen[1])
     assert set(seen[0]) | set(seen[1]) == set(range(n))
+
+
+def test_purify_under_ddp_completes_and_shards_the_purified_data(tmp_path, cifar):
+    import torch
+
+    from eclipse_loader.denoiser.io import save_denoiser
+    from eclipse_loader.denoiser.presets import build_scheduler, build_unet
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        denoiser = save_denoiser(build_unet("tiny"), build_scheduler(), tmp_path / "den")
+    n = 64
+    npz = tmp_path / "data.npz"
+    np.savez(npz, images=cifar["train_x"][:n], labels=np.arange(n))
+    result = subprocess.run([sys.executable, str(SCRIPT), str(npz), str(tmp_path), "torch", str(denoiser)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((tmp_path / "cache" / "purified").glob("*.beton"))) == 1
+    seen = [set(map(int, (tmp_path / f"rank{r}.txt").read_text().split())) for r in range(2)]
+    assert seen[0] | seen[1] == set(range(n)) and not seen[0] & seen[1]
