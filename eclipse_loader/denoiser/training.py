@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
@@ -19,16 +18,11 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..data.images import LabelledImages
+from ..purify.purifier import to_model_range  # the same [-1, 1] scaling the purifier feeds the U-Net
 from .io import save_denoiser
 from .presets import NUM_TRAIN_TIMESTEPS, build_scheduler, build_unet, get_preset
 
 PathLike = Union[str, os.PathLike]
-
-
-def images_to_model_range(images: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC -> float32 NCHW in [-1, 1] (x / 127.5 - 1)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
 
 
 class DenoiserModule(L.LightningModule):
@@ -151,7 +145,7 @@ def train_denoiser(
     module = DenoiserModule(unet_kwargs, lr=lr, ema_decay=ema_decay, t_max=t_max, seed=seed)
     batch_size = min(int(batch_size), len(data))
     loader = DataLoader(
-        TensorDataset(images_to_model_range(data.images)),
+        TensorDataset(to_model_range(data.images)),
         batch_size=batch_size,
         shuffle=True,
         drop_last=True,
