@@ -160,7 +160,9 @@ class EclipseDataModule(pl.LightningDataModule):
             if source is None or (purifying and world > 1):
                 continue  # under DDP the purification runs in setup(), clear of the barrier timeout
             if self.backend == "ffcv" or purifying:
-                self._materialise(split, source, write=True)
+                # kept for this process's setup(), which then neither reloads nor re-hashes the source;
+                # other processes compute their own in setup()
+                self._data[split] = self._materialise(split, source, write=True)
 
     def setup(self, stage: Optional[str] = None) -> None:
         _, world, _ = self._world()
@@ -287,10 +289,8 @@ class EclipseDataModule(pl.LightningDataModule):
                 distributed=world > 1, local_world_size=local,
             )
         else:
-            data = self._data[split]
             loader = TorchEpochLoader(
-                data if isinstance(data, LabelledImages) else load_source(str(data)), batch_size,
-                augment=augment, normalize=self.augment, shuffle=train, drop_last=train,
+                self._data[split], batch_size, augment=augment, normalize=self.augment, shuffle=train, drop_last=train,
                 seed=self.hparams.seed, rank=rank, world_size=world, num_workers=min(self.hparams.num_workers or 0, 2),
             )
         self._loaders[split] = loader
