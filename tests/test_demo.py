@@ -8,7 +8,7 @@ import pytest
 
 from eclipse_loader.cli import main
 from eclipse_loader.data.embedded import load_embedded
-from eclipse_loader.evaluation.poisons import classwise_noise, classwise_patches
+from eclipse_loader.poisons import classwise_noise, classwise_patches
 
 
 @pytest.mark.parametrize("poison", [classwise_noise, classwise_patches])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.embedded import load_embedded
-from ..evaluation.poisons import classwise_noise, classwise_patches
+from ..poisons.model_free import classwise_noise, classwise_patches
 from ..evaluation.victim import train_victim
 from ..loading.config import AugmentConfig
 from ..storage.beton import read_beton

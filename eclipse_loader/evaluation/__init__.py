@@ -1,1 +1,1 @@
-"""Tools to measure a defence: model-free poisons and a small victim training loop."""
+"""Tools to measure a defence: baseline defences, the defences compared, and victim training."""

@@ -1,0 +1,400 @@
+"""The attack x defence table: clean test accuracy of a victim trained on each poisoned, defended set.
+
+    python benchmarks/defense.py --protocol cpu-quick            # ~1 hour on 2 CPU cores
+    python benchmarks/defense.py --protocol paper --device cuda  # ResNet-18, all 50k images (GPU)
+
+Protocols (see PROTOCOLS): ``cpu-quick`` trains a small fast CNN on a 10k class-balanced subset of the
+CIFAR-10 training split; ``paper`` is ECLIPSE's (ResNet-18, all 50k images, SGD lr 0.1 constant, momentum
+0.9, batch 128, 80 epochs, crop + flip, last-epoch accuracy). The sparse clean set that trains the
+denoiser is held out of both the poisoned training set and the test set: cpu-quick takes it from the
+unused part of the training split, paper from the test split (scoring then uses the other 8,000 test
+images).
+
+Everything is cached under ``--workdir`` (poisoned sets, the denoiser, purified sets) and every finished
+cell is appended to ``cells.jsonl`` there, so a crashed or interrupted run continues where it stopped.
+The result goes to ``benchmarks/results/defense-<protocol>-<date>.json`` with a markdown table and a
+bar plot next to it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, command_line, machine_info  # noqa: E402
+
+from eclipse_loader.data.images import LabelledImages  # noqa: E402
+from eclipse_loader.data.sparse import check_overlap, select_sparse_indices  # noqa: E402
+from eclipse_loader.evaluation.defenses import DEFENSES, Defense, apply_offline, offline_steps  # noqa: E402
+from eclipse_loader.evaluation.victim import VICTIMS, TrainRecipe, paper_recipe, train_classifier, train_victim  # noqa: E402
+from eclipse_loader import poisons  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10.npz"
+ATTACKS = ("ar", "lsp", "ops", "cuda", "classwise-noise", "em", "tap")
+ADAPTIVE = ("em-adaptive-compensation", "em-adaptive-denoiser")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Everything that fixes a table's numbers."""
+
+    name: str
+    train_size: Optional[int]  # None: the whole training split
+    sparse_size: int
+    sparse_from: str  # "train" (held-out rest of the training split) or "test"
+    victim: str
+    recipe: TrainRecipe
+    denoiser_preset: str
+    denoiser_steps: int
+    denoiser_batch: int
+    denoiser_lr: float
+    t_star: int
+    purify_steps: Optional[int]  # None: the full chain
+    em: dict[str, Any] = field(default_factory=dict)
+    tap: dict[str, Any] = field(default_factory=dict)
+    crafting_victim: str = ""
+
+
+PROTOCOLS = {
+    "cpu-quick": Protocol(
+        name="cpu-quick", train_size=10_000, sparse_size=2_000, sparse_from="train", victim="quick_cnn",
+        recipe=TrainRecipe(epochs=6, batch_size=128, lr=0.05), denoiser_preset="small", denoiser_steps=1_500,
+        denoiser_batch=32, denoiser_lr=1e-3, t_star=100, purify_steps=2,
+        em=dict(pgd_steps=10, step_size=1.6 / 255, train_steps=10, max_rounds=5, stop_accuracy=0.99),
+        tap=dict(steps=20), crafting_victim="quick_cnn"),
+    "paper": Protocol(
+        name="paper", train_size=None, sparse_size=2_000, sparse_from="test", victim="resnet18",
+        recipe=paper_recipe(), denoiser_preset="paper", denoiser_steps=100_000, denoiser_batch=128,
+        denoiser_lr=1e-4, t_star=100, purify_steps=None,
+        em=dict(pgd_steps=20, step_size=0.8 / 255, train_steps=10, max_rounds=20, stop_accuracy=0.99),
+        tap=dict(steps=250), crafting_victim="resnet18"),
+    # minutes-long end-to-end check of the harness itself (tests/test_defense_harness.py); numbers meaningless
+    "smoke": Protocol(
+        name="smoke", train_size=200, sparse_size=100, sparse_from="train", victim="small_cnn",
+        recipe=TrainRecipe(epochs=1, batch_size=50, lr=0.05), denoiser_preset="tiny", denoiser_steps=3,
+        denoiser_batch=16, denoiser_lr=1e-3, t_star=100, purify_steps=1,
+        em=dict(pgd_steps=2, step_size=2 / 255, train_steps=2, max_rounds=1), tap=dict(steps=2),
+        crafting_victim="small_cnn"),
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def load_splits(protocol: Protocol, seed: int) -> tuple[LabelledImages, LabelledImages, LabelledImages]:
+    """(training set to poison, sparse clean set, test set), pairwise disjoint."""
+    if not DATA.is_file():
+        raise SystemExit(f"CIFAR-10 not found at {DATA} (see ../shared/data/README)")
+    raw = np.load(DATA, allow_pickle=False)
+    train = LabelledImages(raw["train_x"], raw["train_y"].astype(np.int64), 10)
+    test = LabelledImages(raw["test_x"], raw["test_y"].astype(np.int64), 10)
+    if protocol.train_size is not None:
+        keep = select_sparse_indices(train, count=protocol.train_size, seed=seed)
+        rest = np.setdiff1d(np.arange(len(train)), keep)
+        train, pool = train.subset(keep), train.subset(rest)
+    else:
+        pool = None
+    if protocol.sparse_from == "train":
+        assert pool is not None, "sparse_from='train' needs a training subset"
+        sparse = pool.subset(select_sparse_indices(pool, count=protocol.sparse_size, seed=seed + 1))
+    else:
+        chosen = select_sparse_indices(test, count=protocol.sparse_size, seed=seed + 1)
+        sparse = test.subset(chosen)
+        test = test.subset(np.setdiff1d(np.arange(len(test)), chosen))
+    check_overlap(sparse.images, train.images, "refuse")
+    check_overlap(sparse.images, test.images, "refuse")
+    return train, sparse, test
+
+
+def save_npz(path: Path, data: LabelledImages) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, images=data.images, labels=data.labels)
+    tmp.replace(path)
+
+
+def cached(path: Path, make: Callable[[], LabelledImages]) -> LabelledImages:
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return LabelledImages(z["images"], z["labels"].astype(np.int64), 10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    data = make()
+    save_npz(path, data)
+    log(f"  wrote {path.name} in {time.perf_counter() - start:.0f} s")
+    return data
+
+
+class Harness:
+    def __init__(self, protocol: Protocol, workdir: Path, device: str, seed: int) -> None:
+        self.protocol, self.workdir, self.device, self.seed = protocol, workdir, device, seed
+        self.train, self.sparse, self.test = load_splits(protocol, seed)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.cells_path = workdir / "cells.jsonl"
+        self.cells = self._load_cells()
+        self.timings: dict[str, float] = {}
+
+    # -- caches -------------------------------------------------------------------------------
+    def _load_cells(self) -> dict[tuple[str, str], dict[str, Any]]:
+        cells = {}
+        if self.cells_path.is_file():
+            for line in self.cells_path.read_text().splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    cells[(record["attack"], record["defense"])] = record
+        return cells
+
+    def _victim_factory(self, name: str) -> Callable[[int], torch.nn.Module]:
+        return VICTIMS[name]
+
+    def clean_model(self) -> torch.nn.Module:
+        """The crafting model TAP attacks: the crafting victim trained on the clean training set."""
+        path = self.workdir / "tap_crafting_model.pt"
+        model = self._victim_factory(self.protocol.crafting_victim)(10)
+        if path.is_file():
+            model.load_state_dict(torch.load(path, weights_only=True))
+            return model
+        model = train_classifier(self.train, DEFENSES["none"].augment, recipe=self.protocol.recipe, seed=self.seed,
+                                 model_factory=self._victim_factory(self.protocol.crafting_victim), device=self.device)
+        torch.save(model.state_dict(), path)
+        return model
+
+    def denoiser(self) -> Path:
+        from eclipse_loader.denoiser.training import train_denoiser
+
+        out = self.workdir / "denoiser"
+        if (out / "denoiser.json").is_file():
+            return out
+        p = self.protocol
+        log(f"training the {p.denoiser_preset} denoiser on the {len(self.sparse)}-image sparse set "
+            f"({p.denoiser_steps} steps, t <= {p.t_star - 1})")
+        start = time.perf_counter()
+        train_denoiser(self.sparse, p.denoiser_preset, out, max_steps=p.denoiser_steps, batch_size=p.denoiser_batch,
+                       lr=p.denoiser_lr, t_max=p.t_star - 1, seed=self.seed, progress=False,
+                       accelerator="gpu" if self.device.startswith("cuda") else "cpu")
+        self.timings["denoiser_training_s"] = time.perf_counter() - start
+        return out
+
+    def poisoned(self, attack: str) -> LabelledImages:
+        p = self.protocol
+        factory = self._victim_factory(p.crafting_victim)
+
+        def make() -> LabelledImages:
+            log(f"crafting {attack}")
+            if attack == "none":
+                return self.train
+            if attack == "ar":
+                return poisons.autoregressive(self.train, seed=self.seed)
+            if attack == "lsp":
+                return poisons.lsp(self.train, seed=self.seed)
+            if attack == "ops":
+                return poisons.one_pixel_shortcut(self.train, seed=self.seed)
+            if attack == "cuda":
+                return poisons.convolution_based(self.train, seed=self.seed)
+            if attack == "classwise-noise":
+                return poisons.classwise_noise(self.train, seed=self.seed)
+            if attack == "em":
+                return poisons.error_minimizing(self.train, factory, seed=self.seed, device=self.device, log=log, **p.em)
+            if attack == "tap":
+                return poisons.targeted_adversarial(self.train, self.clean_model(), seed=self.seed, device=self.device,
+                                                    log=log, **p.tap)
+            if attack == "em-adaptive-compensation":
+                return poisons.error_minimizing(self.train, factory, transform=poisons.compensation_eot(),
+                                                seed=self.seed, device=self.device, log=log, **p.em)
+            if attack == "em-adaptive-denoiser":
+                from eclipse_loader.denoiser.io import load_denoiser
+
+                unet, scheduler = load_denoiser(self.denoiser())
+                unet = unet.to(self.device)
+                view = poisons.compensation_eot(then=poisons.denoiser_eot(unet, scheduler.alphas_cumprod, p.t_star))
+                return poisons.error_minimizing(self.train, factory, transform=view, seed=self.seed,
+                                                device=self.device, log=log, **p.em)
+            raise KeyError(f"unknown attack {attack!r}")
+
+        if attack == "none":
+            return self.train
+        return cached(self.workdir / "poisons" / f"{attack}.npz", make)
+
+    def purify(self, attack: str, data: LabelledImages) -> LabelledImages:
+        from eclipse_loader.purify.purifier import PurifyConfig
+        from eclipse_loader.purify.run import purify_dataset
+
+        def make() -> LabelledImages:
+            config = PurifyConfig(t_star=self.protocol.t_star, steps=self.protocol.purify_steps, seed=self.seed)
+            beton = self.workdir / "purified" / f"{attack}.beton"
+            npz = self.workdir / "purified" / f"{attack}.arrays.npz"
+            purify_dataset(data, self.denoiser(), beton, config=config, device=self.device, progress=False,
+                           also_npz=npz)
+            with np.load(npz, allow_pickle=False) as z:
+                return LabelledImages(z["images"], z["labels"].astype(np.int64), 10)
+
+        return cached(self.workdir / "purified" / f"{attack}.npz", make)
+
+    # -- cells --------------------------------------------------------------------------------
+    def run_cell(self, attack: str, defense: Defense) -> dict[str, Any]:
+        key = (attack, defense.name)
+        if key in self.cells:
+            return self.cells[key]
+        data = self.poisoned(attack)
+        start = time.perf_counter()
+        steps = offline_steps(purify=lambda d: self.purify(attack, d))
+        defended = apply_offline(defense, data, steps)
+        offline_s = time.perf_counter() - start
+        result = train_victim(defended, self.test, defense.augment, recipe=self.protocol.recipe, seed=self.seed,
+                              model_factory=self._victim_factory(self.protocol.victim), device=self.device)
+        record = {"attack": attack, "defense": defense.name, "accuracy": result.test_accuracy,
+                  "train_seconds": round(result.train_seconds, 1), "offline_seconds": round(offline_s, 1),
+                  "seed": self.seed, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        with open(self.cells_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.cells[key] = record
+        log(f"{attack:>26} x {defense.name:<18} {100 * result.test_accuracy:5.1f}%  "
+            f"(train {result.train_seconds:.0f} s, offline {offline_s:.0f} s)")
+        return record
+
+
+def summarise(harness: Harness, attacks: list[str], adaptive: list[str], defenses: list[str], args: argparse.Namespace,
+              started: float) -> dict[str, Any]:
+    cells = harness.cells
+
+    def row(attack: str) -> dict[str, float]:
+        return {d: cells[(attack, d)]["accuracy"] for d in defenses if (attack, d) in cells}
+
+    table = {a: row(a) for a in ["none", *attacks]}
+    clean = table["none"].get("none")
+    means = {d: float(np.mean([table[a][d] for a in attacks])) for d in defenses if all(d in table[a] for a in attacks)}
+    result: dict[str, Any] = {
+        "protocol": harness.protocol.name,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_info(),
+        "command": args.command_line,
+        "clean_accuracy": clean,
+        "table": table,
+        "mean_accuracy_by_defense": means,
+        "relative_to_clean": ({d: m / clean for d, m in means.items()} if clean else None),
+        "adaptive": {a: row(a) for a in adaptive},
+        "attacks_in_means": attacks,
+        "defenses": {d: DEFENSES[d].description for d in defenses},
+        "settings": {**asdict(harness.protocol), "seed": harness.seed, "train_images": len(harness.train),
+                     "sparse_images": len(harness.sparse), "test_images": len(harness.test)},
+        "cell_seconds": {f"{c['attack']}|{c['defense']}": c["train_seconds"] + c["offline_seconds"]
+                         for c in cells.values()},
+        "wall_seconds_this_invocation": round(time.perf_counter() - started),
+        "complete": all(len(table[a]) == len(defenses) for a in table),
+    }
+    return result
+
+
+def write_outputs(result: dict[str, Any], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"defense-{result['protocol']}-{result['date']}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown_table(result))
+    try:
+        bar_plot(result, stem.with_suffix(".png"))
+    except ImportError:
+        log("matplotlib missing: no bar plot (pip install -e .[bench])")
+    return stem.with_suffix(".json")
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    defenses = list(result["defenses"])
+    lines = [f"Clean test accuracy (%), protocol `{result['protocol']}`, {result['date']}, "
+             f"{result['machine']['cpu']} ({result['machine']['cores']} cores"
+             f"{', ' + result['machine']['cuda'] if result['machine']['cuda'] else ''}).",
+             f"Command: `{result['command']}`", "",
+             "| attack | " + " | ".join(defenses) + " |", "|---|" + "---:|" * len(defenses)]
+
+    def fmt(row: dict[str, float]) -> str:
+        return " | ".join(f"{100 * row[d]:.1f}" if d in row else "–" for d in defenses)
+
+    for attack, row in result["table"].items():
+        name = "none (clean data)" if attack == "none" else attack
+        lines.append(f"| {name} | {fmt(row)} |")
+    means = result["mean_accuracy_by_defense"]
+    lines.append(f"| **mean over attacks** | {fmt(means)} |")
+    for attack, row in result["adaptive"].items():
+        lines.append(f"| {attack} (adaptive, not in mean) | {fmt(row)} |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    defenses = list(result["defenses"])
+    rows = {**result["table"], "MEAN": result["mean_accuracy_by_defense"]}
+    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(rows)), 4.5))
+    width = 0.8 / len(defenses)
+    for k, d in enumerate(defenses):
+        xs = [i + k * width for i in range(len(rows))]
+        ax.bar(xs, [100 * r.get(d, np.nan) for r in rows.values()], width, label=d)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], list(rows), rotation=20)
+    if result["clean_accuracy"]:
+        ax.axhline(100 * result["clean_accuracy"], color="k", lw=0.8, ls="--", label="clean, no defence")
+    ax.set_ylabel("clean test accuracy (%)")
+    ax.set_title(f"attack x defence, protocol {result['protocol']} ({result['date']})")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu-quick")
+    parser.add_argument("--attacks", default=",".join(ATTACKS), help="comma list from " + ",".join(ATTACKS))
+    parser.add_argument("--adaptive", default="em-adaptive-compensation",
+                        help="adaptive attacks (rows outside the means), comma list from " + ",".join(ADAPTIVE)
+                        + "; '' for none")
+    parser.add_argument("--defenses", default=",".join(DEFENSES), help="comma list from " + ",".join(DEFENSES))
+    parser.add_argument("--adaptive-defenses", default="none,compensation,eclipse",
+                        help="defences the adaptive attacks are run against")
+    parser.add_argument("--workdir", type=Path, default=None, help="cache dir (default bench-work/defense-<protocol>)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    args.command_line = command_line()
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    protocol = PROTOCOLS[args.protocol]
+    attacks = [a for a in args.attacks.split(",") if a]
+    adaptive = [a for a in args.adaptive.split(",") if a]
+    defenses = [d for d in args.defenses.split(",") if d]
+    for name, known in (("attack", ATTACKS), ("adaptive attack", ADAPTIVE), ("defense", tuple(DEFENSES))):
+        chosen = {"attack": attacks, "adaptive attack": adaptive, "defense": defenses}[name]
+        unknown = [c for c in chosen if c not in known]
+        if unknown:
+            raise SystemExit(f"unknown {name}(s) {unknown}; choose from {list(known)}")
+    started = time.perf_counter()
+    harness = Harness(protocol, args.workdir or Path("bench-work") / f"defense-{protocol.name}", args.device, args.seed)
+    log(f"protocol {protocol.name}: {len(harness.train)} training, {len(harness.sparse)} sparse, "
+        f"{len(harness.test)} test images; {len(harness.cells)} cells already done")
+    adaptive_defenses = [d for d in args.adaptive_defenses.split(",") if d in defenses]
+    for attack in ["none", *attacks, *adaptive]:
+        for name in adaptive_defenses if attack in adaptive else defenses:
+            harness.run_cell(attack, DEFENSES[name])
+        path = write_outputs(summarise(harness, attacks, adaptive, defenses, args, started), args.out)
+    log(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""benchmarks/defense.py end to end on its `smoke` protocol: output schema, disjoint splits, resume."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "defense.py"
+
+
+def _run(tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--protocol", "smoke", "--attacks", "ops,lsp", "--defenses", "none,eclipse",
+         "--adaptive", "", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600)
+
+
+def test_smoke_table_has_the_schema_and_resumes(tmp_path):
+    first = _run(tmp_path)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    (result_path,) = (tmp_path / "out").glob("defense-smoke-*.json")
+    result = json.loads(result_path.read_text())
+    for key in ("protocol", "machine", "command", "clean_accuracy", "table", "mean_accuracy_by_defense"):
+        assert key in result
+    assert set(result["table"]) == {"none", "ops", "lsp"}
+    assert all(set(row) == {"none", "eclipse"} for row in result["table"].values())
+    assert result["clean_accuracy"] == result["table"]["none"]["none"]
+    mean = (result["table"]["ops"]["eclipse"] + result["table"]["lsp"]["eclipse"]) / 2
+    assert abs(result["mean_accuracy_by_defense"]["eclipse"] - mean) < 1e-12  # the "none" row is not in the mean
+    assert result["complete"] is True
+    assert result_path.with_suffix(".md").is_file() and result_path.with_suffix(".png").stat().st_size > 1000
+    cells = (tmp_path / "work" / "cells.jsonl").read_text().splitlines()
+    assert len(cells) == 6
+
+    second = _run(tmp_path)  # everything cached: no new cell, same table
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (tmp_path / "work" / "cells.jsonl").read_text().splitlines() == cells
+    assert json.loads(result_path.read_text())["table"] == result["table"]
+
+
+def test_unknown_attack_is_refused(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--protocol", "smoke", "--attacks", "em,xyz",
+                             "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "xyz" in result.stderr
