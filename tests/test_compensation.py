@@ -76,6 +76,17 @@ def test_v2_compose_and_per_sample_grayscale_without_indices(cifar):
     assert torch.equal(pipeline(_chw(cifar["train_x"][:200])), out)
 
 
+def test_after_to_image_in_a_per_sample_pipeline(cifar):
+    # what a torchvision user writes: uint8 HWC numpy -> ToImage (a tv_tensors.Image) -> ... -> ToDtype
+    from torchvision import tv_tensors
+
+    pipeline = v2.Compose([v2.ToImage(), v2.RandomCrop(32, padding=4), CorruptionCompensation(), v2.ToDtype(torch.float32, scale=True)])
+    out = pipeline(cifar["train_x"][0])
+    assert isinstance(out, tv_tensors.Image) and out.dtype == torch.float32 and out.shape == (3, 32, 32)
+    plain = CorruptionCompensation(p_gray=0, sigma=0)(torch.zeros(3, 4, 4, dtype=torch.uint8))
+    assert type(plain) is torch.Tensor
+
+
 def test_bad_arguments_and_inputs_are_refused():
     with pytest.raises(ValueError, match="p_gray"):
         CorruptionCompensation(p_gray=1.5)

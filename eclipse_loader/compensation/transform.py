@@ -5,6 +5,7 @@ from typing import Any, Optional, Sequence, Union
 
 import PIL.Image
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from . import functional as F
@@ -83,7 +84,7 @@ class CorruptionCompensation(v2.Transform):
         keys = torch.randint(0, 2**32, (batch.shape[0],), dtype=torch.int64).to(batch.device)
         out = F.compensate_with_keys(batch, keys, p_gray=self.p_gray, sigma=self.sigma)
         out = out[0] if single else out
-        return v2.functional.wrap(out, like=inpt) if hasattr(inpt, "as_subclass") and type(inpt) is not torch.Tensor else out
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
 
     def extra_repr(self) -> str:
         return f"p_gray={self.p_gray}, sigma={self.sigma}, seed={self.seed}, epoch={self.epoch}"
