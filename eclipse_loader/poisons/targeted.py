@@ -1,0 +1,139 @@
+"""Targeted clean-label poisoning for evaluating EPIC, small enough for a CPU.
+
+`feature_collision` is Poison Frogs (Shafahi et al., NeurIPS 2018): base-class images are optimised
+so that their features collide with one *target* test image's, while staying close to the base
+image in pixel space; they keep their (correct, base-class) label. A model trained on them then
+tends to classify the target as the base class. As in the paper, a watermark of the target
+(``opacity``, default 0.3) is blended into each base first, and an optional l-inf budget
+``epsilon`` around the base (``None``: only the proximity penalty, as in Poison Frogs) is enforced
+by projection.
+
+`plant_feature_collision` chooses base images in a training set, crafts and substitutes them;
+`targeted_success` checks the outcome on a trained model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.images import LabelledImages, validate_images
+
+
+def _to_float(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255.0)
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return x.clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def feature_collision(
+    feature_extractor: nn.Module,
+    target: np.ndarray,
+    bases: np.ndarray,
+    *,
+    steps: int = 300,
+    lr: float = 0.01,
+    beta: float = 0.1,
+    opacity: float = 0.3,
+    epsilon: Optional[float] = None,
+) -> np.ndarray:
+    """Craft feature-collision poisons from ``bases`` (uint8 NHWC) against ``target`` (uint8 HWC).
+
+    Minimises ``||f(x) - f(t)||^2 / ||f(t)||^2 + beta * mean((x - b_w)^2) / 0.01`` with Adam, where
+    ``b_w = (1 - opacity) b + opacity t`` is the watermarked base, then clips to [0, 1] and (if
+    given) to ``||x - b||_inf <= epsilon``. ``feature_extractor`` takes float NCHW in [0, 1].
+
+    Returns uint8 NHWC poisons, one per base.
+    """
+    validate_images(np.asarray(bases))
+    target = np.asarray(target)
+    if target.shape != bases.shape[1:] or target.dtype != np.uint8:
+        raise ValueError(f"target must be uint8 {bases.shape[1:]}, got {target.dtype} {target.shape}")
+    if steps < 1 or lr <= 0 or beta < 0 or not 0.0 <= opacity < 1.0:
+        raise ValueError(f"need steps >= 1, lr > 0, beta >= 0, opacity in [0, 1): {steps}, {lr}, {beta}, {opacity}")
+    if epsilon is not None and not 0.0 < epsilon <= 1.0:
+        raise ValueError(f"epsilon must be in (0, 1] or None, got {epsilon}")
+    was_training = feature_extractor.training
+    feature_extractor.eval()
+    device = next(feature_extractor.parameters()).device
+    base = _to_float(bases).to(device)
+    t = _to_float(target[None]).to(device)
+    with torch.no_grad():
+        t_feat = feature_extractor(t).flatten(1)
+    anchor = (1.0 - opacity) * base + opacity * t
+    x = anchor.clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr)
+    scale = float(t_feat.pow(2).sum().clamp_min(1e-12))
+    for _ in range(steps):
+        feat = feature_extractor(x).flatten(1)
+        loss = (feat - t_feat).pow(2).sum(1) / scale + beta * (x - anchor).pow(2).mean((1, 2, 3)) / 0.01
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        opt.step()
+        with torch.no_grad():
+            if epsilon is not None:
+                x.copy_(torch.min(torch.max(x, base - epsilon), base + epsilon))
+            x.clamp_(0.0, 1.0)
+    feature_extractor.train(was_training)
+    return _to_uint8(x.detach().cpu())
+
+
+@dataclass(frozen=True)
+class TargetedPoison:
+    """A training set with targeted poisons, and the target they aim at."""
+
+    data: LabelledImages
+    poison_indices: np.ndarray
+    target_image: np.ndarray
+    target_label: int
+    adversarial_label: int
+
+    @property
+    def poison_mask(self) -> np.ndarray:
+        mask = np.zeros(len(self.data), dtype=bool)
+        mask[self.poison_indices] = True
+        return mask
+
+
+def plant_feature_collision(
+    data: LabelledImages,
+    feature_extractor: nn.Module,
+    target_image: np.ndarray,
+    target_label: int,
+    adversarial_label: int,
+    *,
+    num_poisons: int = 25,
+    seed: int = 0,
+    **craft_kwargs: float,
+) -> TargetedPoison:
+    """Replace ``num_poisons`` random ``adversarial_label`` images of ``data`` by feature-collision poisons.
+
+    ``craft_kwargs`` go to `feature_collision`. Labels are unchanged (clean-label attack).
+    """
+    if target_label == adversarial_label:
+        raise ValueError(f"adversarial_label must differ from target_label ({target_label})")
+    candidates = np.flatnonzero(data.labels == adversarial_label)
+    if not 1 <= num_poisons <= len(candidates):
+        raise ValueError(f"num_poisons must be in [1, {len(candidates)}] (images of class {adversarial_label}), "
+                         f"got {num_poisons}")
+    chosen = np.sort(np.random.default_rng(seed).choice(candidates, num_poisons, replace=False))
+    images = data.images.copy()
+    images[chosen] = feature_collision(feature_extractor, target_image, data.images[chosen], **craft_kwargs)
+    return TargetedPoison(LabelledImages(images, data.labels.copy(), data.num_classes), chosen,
+                          np.asarray(target_image).copy(), int(target_label), int(adversarial_label))
+
+
+@torch.no_grad()
+def targeted_success(model: nn.Module, poison: TargetedPoison) -> bool:
+    """True when ``model`` classifies the target image as the adversarial label."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pred = int(model(_to_float(poison.target_image[None]).to(device)).argmax(1))
+    model.train(was_training)
+    return pred == poison.adversarial_label
