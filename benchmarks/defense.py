@@ -61,6 +61,7 @@ class Protocol:
     em: dict[str, Any] = field(default_factory=dict)
     tap: dict[str, Any] = field(default_factory=dict)
     crafting_victim: str = ""
+    test_size: Optional[int] = None  # None: every test image not used as the sparse set
 
 
 PROTOCOLS = {
@@ -82,7 +83,7 @@ PROTOCOLS = {
         recipe=TrainRecipe(epochs=1, batch_size=50, lr=0.05), denoiser_preset="tiny", denoiser_steps=3,
         denoiser_batch=16, denoiser_lr=1e-3, t_star=100, purify_steps=1,
         em=dict(pgd_steps=2, step_size=2 / 255, train_steps=2, max_rounds=1), tap=dict(steps=2),
-        crafting_victim="small_cnn"),
+        crafting_victim="small_cnn", test_size=300),
 }
 
 
@@ -110,6 +111,8 @@ def load_splits(protocol: Protocol, seed: int) -> tuple[LabelledImages, Labelled
         chosen = select_sparse_indices(test, count=protocol.sparse_size, seed=seed + 1)
         sparse = test.subset(chosen)
         test = test.subset(np.setdiff1d(np.arange(len(test)), chosen))
+    if protocol.test_size is not None:
+        test = test.subset(select_sparse_indices(test, count=protocol.test_size, seed=seed + 2))
     check_overlap(sparse.images, train.images, "refuse")
     check_overlap(sparse.images, test.images, "refuse")
     return train, sparse, test
@@ -121,7 +124,8 @@ def save_npz(path: Path, data: LabelledImages) -> None:
     tmp.replace(path)
 
 
-def cached(path: Path, make: Callable[[], LabelledImages]) -> LabelledImages:
+def cached(path: Path, make: Callable[[], LabelledImages],
+           on_made: Optional[Callable[[float], None]] = None) -> LabelledImages:
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
             return LabelledImages(z["images"], z["labels"].astype(np.int64), 10)
@@ -129,7 +133,10 @@ def cached(path: Path, make: Callable[[], LabelledImages]) -> LabelledImages:
     start = time.perf_counter()
     data = make()
     save_npz(path, data)
-    log(f"  wrote {path.name} in {time.perf_counter() - start:.0f} s")
+    seconds = time.perf_counter() - start
+    log(f"  wrote {path.parent.name}/{path.name} in {seconds:.0f} s")
+    if on_made is not None:
+        on_made(seconds)
     return data
 
 
@@ -140,7 +147,8 @@ class Harness:
         workdir.mkdir(parents=True, exist_ok=True)
         self.cells_path = workdir / "cells.jsonl"
         self.cells = self._load_cells()
-        self.timings: dict[str, float] = {}
+        self.timings_path = workdir / "timings.json"
+        self.timings: dict[str, float] = json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
 
     # -- caches -------------------------------------------------------------------------------
     def _load_cells(self) -> dict[tuple[str, str], dict[str, Any]]:
@@ -180,8 +188,12 @@ class Harness:
         train_denoiser(self.sparse, p.denoiser_preset, out, max_steps=p.denoiser_steps, batch_size=p.denoiser_batch,
                        lr=p.denoiser_lr, t_max=p.t_star - 1, seed=self.seed, progress=False,
                        accelerator="gpu" if self.device.startswith("cuda") else "cpu")
-        self.timings["denoiser_training_s"] = time.perf_counter() - start
+        self.record_timing("denoiser_training_s", time.perf_counter() - start)
         return out
+
+    def record_timing(self, name: str, seconds: float) -> None:
+        self.timings[name] = round(seconds, 1)
+        self.timings_path.write_text(json.dumps(self.timings, indent=1))
 
     def poisoned(self, attack: str) -> LabelledImages:
         p = self.protocol
@@ -221,7 +233,7 @@ class Harness:
 
         if attack == "none":
             return self.train
-        return cached(self.workdir / "poisons" / f"{attack}.npz", make)
+        return cached(self.workdir / "poisons" / f"{attack}.npz", make, lambda s: self.record_timing(f"craft_{attack}_s", s))
 
     def purify(self, attack: str, data: LabelledImages) -> LabelledImages:
         from eclipse_loader.purify.purifier import PurifyConfig
@@ -236,7 +248,25 @@ class Harness:
             with np.load(npz, allow_pickle=False) as z:
                 return LabelledImages(z["images"], z["labels"].astype(np.int64), 10)
 
-        return cached(self.workdir / "purified" / f"{attack}.npz", make)
+        return cached(self.workdir / "purified" / f"{attack}.npz", make,
+                      lambda s: self.record_timing(f"purify_{attack}_s", s))
+
+    def purification_gflop_per_image(self) -> Optional[float]:
+        """FLOPs of purifying one 32x32 image with this protocol's denoiser and config (FlopCounterMode)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from eclipse_loader.denoiser.io import load_denoiser
+        from eclipse_loader.purify.purifier import Purifier, PurifyConfig
+
+        if not (self.workdir / "denoiser" / "denoiser.json").is_file():
+            return None
+        unet, scheduler = load_denoiser(self.workdir / "denoiser")
+        config = PurifyConfig(t_star=self.protocol.t_star, steps=self.protocol.purify_steps, seed=self.seed)
+        purifier = Purifier(unet, scheduler, config, device="cpu")
+        x = torch.zeros(2, 3, 32, 32)
+        with FlopCounterMode(display=False) as counter:
+            purifier.purify_tensor(x, [0, 1])
+        return counter.get_total_flops() / 2 / 1e9
 
     # -- cells --------------------------------------------------------------------------------
     def run_cell(self, attack: str, defense: Defense) -> dict[str, Any]:
@@ -285,6 +315,8 @@ def summarise(harness: Harness, attacks: list[str], adaptive: list[str], defense
         "defenses": {d: DEFENSES[d].description for d in defenses},
         "settings": {**asdict(harness.protocol), "seed": harness.seed, "train_images": len(harness.train),
                      "sparse_images": len(harness.sparse), "test_images": len(harness.test)},
+        "purification_gflop_per_image": harness.purification_gflop_per_image(),
+        "timings": harness.timings,
         "cell_seconds": {f"{c['attack']}|{c['defense']}": c["train_seconds"] + c["offline_seconds"]
                          for c in cells.values()},
         "wall_seconds_this_invocation": round(time.perf_counter() - started),
