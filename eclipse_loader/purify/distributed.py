@@ -1,0 +1,239 @@
+"""Purification on many processes, GPUs and nodes: Lightning ``Trainer.predict`` writes shards, one step assembles.
+
+This is the Lightning adapter around the framework-free `Purifier` and `shards` modules:
+
+* `ShardBlocks` (DataModule): in ``setup`` global rank 0 lists the index blocks whose shard file is
+  missing and broadcasts the list, so every rank agrees on the work even when a restart runs with
+  another world size. Lightning's ``UnrepeatedDistributedSampler`` (injected in predict mode) deals the
+  blocks out without padding duplicates.
+* `PurificationModule` (LightningModule): ``predict_step`` purifies one block in U-Net batches.
+* `ShardWriter` (``BasePredictionWriter``): each rank writes the shards of its own blocks, then waits
+  for the others at a barrier.
+* `purify_distributed`: runs the above; global rank 0 then assembles the beton in index order
+  (`assemble_beton`), refusing unless every index is present exactly once.
+
+Sample ``i``'s noise depends only on ``(seed, i)``, so the result is byte-identical to `purify_dataset`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.images import LabelledImages
+from ..denoiser.io import denoiser_hash, load_denoiser
+from ..storage.beton import read_manifest
+from .purifier import Purifier, PurifyConfig
+from .run import cache_key
+from .shards import assemble_beton, pending_blocks, prepare_job, save_shard
+
+PathLike = Union[str, os.PathLike]
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork")
+_log = logging.getLogger(__name__)
+
+
+class _Blocks(Dataset):
+    """Item ``k`` = the images of block ``blocks[k]`` (an empty block pads the list to the world size)."""
+
+    def __init__(self, images: np.ndarray, blocks: Sequence[tuple[int, int]]) -> None:
+        self.images, self.blocks = images, list(blocks)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        start, stop = self.blocks[k]
+        return {"start": start, "stop": stop, "images": self.images[start:stop]}
+
+
+def _single(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collate for ``batch_size=1``: the one block itself (module level, so workers can pickle it)."""
+    return items[0]
+
+
+class ShardBlocks(pl.LightningDataModule):
+    """The blocks still to purify, agreed on by all ranks (rank 0 scans the shard directory, then broadcasts).
+
+    Args:
+        images: the whole dataset's uint8 NHWC pixels.
+        work: the shard directory (its job manifest must exist).
+        shard_size: images per block.
+        num_workers: DataLoader workers per rank.
+    """
+
+    def __init__(self, images: np.ndarray, work: PathLike, shard_size: int, num_workers: int = 0) -> None:
+        super().__init__()
+        self.images, self.work, self.shard_size, self.num_workers = images, Path(work), shard_size, num_workers
+        self.blocks: list[tuple[int, int]] = []
+
+    def setup(self, stage: str) -> None:
+        if stage != "predict":
+            raise ValueError(f"ShardBlocks only serves predict, got stage {stage!r}")
+        trainer = self.trainer
+        assert trainer is not None, "ShardBlocks must be used through Trainer.predict"
+        todo = None
+        if trainer.global_rank == 0:
+            todo = pending_blocks(self.work, len(self.images), self.shard_size, tuple(self.images.shape[1:]))
+            done = len(self.images) - sum(b - a for a, b in todo)
+            if done:
+                _log.info("resuming: %d of %d images already in shards under %s", done, len(self.images), self.work)
+        todo = trainer.strategy.broadcast(todo, src=0)
+        # every rank needs at least one item (UnrepeatedDistributedSampler asserts it): pad with empty blocks
+        self.blocks = list(todo) + [(0, 0)] * max(0, trainer.world_size - len(todo))
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return batch  # uint8 numpy stays on the host; the Purifier moves the float tensors itself
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(_Blocks(self.images, self.blocks), batch_size=1, shuffle=False, collate_fn=_single,
+                          num_workers=self.num_workers)
+
+
+class PurificationModule(pl.LightningModule):
+    """``predict_step`` purifies one block with the denoiser in ``denoiser_dir``.
+
+    Args:
+        denoiser_dir: a directory written by `save_denoiser`.
+        config: purification settings.
+        batch_size: images per U-Net call (does not change the result).
+    """
+
+    def __init__(self, denoiser_dir: PathLike, config: PurifyConfig, batch_size: int) -> None:
+        super().__init__()
+        unet, self._scheduler = load_denoiser(denoiser_dir, device="cpu")
+        self.config, self.batch_size = config, int(batch_size)
+        self.purifier = Purifier(unet, self._scheduler, config, device="cpu")  # validates; t_star for the manifest
+        self.unet = unet  # a submodule, so Lightning moves it to this rank's device
+
+    def on_predict_start(self) -> None:
+        self.purifier = Purifier(self.unet, self._scheduler, self.config, device=self.device)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[dict[str, np.ndarray]]:
+        start, stop, images = int(batch["start"]), int(batch["stop"]), batch["images"]
+        if stop == start:
+            return None
+        size = self.batch_size
+        parts = [
+            self.purifier.purify(images[s : s + size], range(start + s, min(start + s + size, stop)))
+            for s in range(0, stop - start, size)
+        ]
+        return {"indices": np.arange(start, stop, dtype=np.int64), "images": np.concatenate(parts)}
+
+
+class ShardWriter(BasePredictionWriter):
+    """Writes each purified block of this rank as ``WORK/shard_<start>_<stop>.npz``, then meets the other ranks."""
+
+    def __init__(self, work: PathLike) -> None:
+        super().__init__(write_interval="batch")
+        self.work = Path(work)
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
+                           batch_indices: Optional[Sequence[int]], batch: Any, batch_idx: int,
+                           dataloader_idx: int) -> None:
+        if prediction is not None:
+            save_shard(self.work, prediction["indices"], prediction["images"])
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.strategy.barrier("eclipse-shards-written")  # rank 0 assembles only after every shard exists
+
+
+def purification_metadata(purifier: Purifier, denoiser_dir: PathLike, key: str) -> dict[str, Any]:
+    """The beton manifest's metadata; the same fields as `purify_dataset` writes."""
+    return {
+        "purification": purifier.config.to_dict(),
+        "t_star": purifier.t_star,
+        "timesteps": len(purifier.timesteps),
+        "denoiser_dir": str(denoiser_dir),
+        "denoiser_sha256": denoiser_hash(denoiser_dir),
+        "cache_key": key,
+    }
+
+
+def purify_distributed(
+    data: LabelledImages,
+    denoiser_dir: PathLike,
+    out_beton: PathLike,
+    *,
+    config: PurifyConfig = PurifyConfig(),
+    work_dir: Optional[PathLike] = None,
+    batch_size: int = 256,
+    shard_size: Optional[int] = None,
+    accelerator: str = "auto",
+    devices: Union[int, str] = "auto",
+    num_nodes: int = 1,
+    strategy: str = "ddp",
+    num_workers: int = 0,
+    progress: bool = True,
+    also_npz: Optional[PathLike] = None,
+    keep_work: bool = False,
+    assemble: bool = True,
+    assemble_only: bool = False,
+) -> Optional[Path]:
+    """`purify_dataset` on ``devices x num_nodes`` processes via Lightning ``Trainer.predict``.
+
+    Every rank (each process of a ``torchrun``/``srun`` launch, or the ones Lightning starts) calls
+    this with the same arguments. Ranks write shards of fixed index blocks into ``work_dir``; a rerun
+    with the same inputs, at any world size, computes only the missing blocks. Global rank 0 then
+    writes ``out_beton`` (byte-identical to `purify_dataset`'s) and deletes the shards unless
+    ``keep_work``. If ``out_beton`` already holds this job's cache key, nothing is done.
+
+    Args:
+        data, denoiser_dir, out_beton, config, batch_size, progress, also_npz, keep_work: as in `purify_dataset`.
+        work_dir: the shard directory (default ``<out_beton>.shards``).
+        shard_size: images per shard file (default ``batch_size``; fixed by the first run).
+        accelerator, devices, num_nodes: passed to ``lightning.Trainer``.
+        strategy: one of ``STRATEGIES`` (``ddp`` for ``torchrun``/SLURM launches).
+        num_workers: DataLoader workers per rank.
+        assemble: write the beton at the end (``False``: shards only, assemble later).
+        assemble_only: start no Trainer; assemble the finished shards (fails naming what is missing).
+
+    Returns:
+        The beton path on the process that wrote or found it; ``None`` on other ranks and without assembly.
+    """
+    for name, value in (("batch_size", batch_size), ("num_nodes", num_nodes), ("shard_size", shard_size or 1)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if assemble_only and not assemble:
+        raise ValueError("assemble_only=True contradicts assemble=False")
+    if len(data) == 0:
+        raise ValueError("nothing to purify: the dataset is empty")
+    out_beton = Path(out_beton)
+    key = cache_key(data, config, denoiser_dir)
+    if out_beton.is_file() and read_manifest(out_beton).get("metadata", {}).get("cache_key") == key:
+        _log.info("%s is up to date (cache key %s); skipping purification", out_beton, key[:12])
+        return out_beton
+    work = Path(work_dir) if work_dir is not None else out_beton.with_name(out_beton.name + ".shards")
+    if assemble_only:
+        unet, scheduler = load_denoiser(denoiser_dir, device="cpu")
+        metadata = purification_metadata(Purifier(unet, scheduler, config, device="cpu"), denoiser_dir, key)
+        return _assemble(work, data, out_beton, metadata, progress, also_npz, keep_work)
+    shards = prepare_job(work, key, len(data), int(shard_size or batch_size))
+    module = PurificationModule(denoiser_dir, config, batch_size)
+    trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                         callbacks=[ShardWriter(work)], logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, enable_progress_bar=progress)
+    trainer.predict(module, datamodule=ShardBlocks(data.images, work, shards, num_workers), return_predictions=False)
+    if trainer.global_rank != 0 or not assemble:
+        return None
+    metadata = purification_metadata(module.purifier, denoiser_dir, key)
+    return _assemble(work, data, out_beton, metadata, progress, also_npz, keep_work)
+
+
+def _assemble(work: Path, data: LabelledImages, out_beton: Path, metadata: dict[str, Any], progress: bool,
+              also_npz: Optional[PathLike], keep_work: bool) -> Path:
+    path = assemble_beton(work, data, out_beton, metadata=metadata, progress=progress, also_npz=also_npz)
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return path
