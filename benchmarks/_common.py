@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -60,3 +60,174 @@ def psnr(a: Any, b: Any) -> float:
 
     mse = float(np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2))
     return float("inf") if mse == 0 else 10.0 * float(np.log10(255.0**2 / mse))
+
+
+# ---- shared by the benchmark scripts: data, timing loops, isolated stages --------------------------------
+
+CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10.npz"
+"""Real CIFAR-10 (see /work/shared/data/README.md): benchmark input, never a runtime dependency."""
+
+
+def load_cifar(count: Optional[int] = None, split: str = "train") -> tuple[Any, Any]:
+    """The first ``count`` uint8 NHWC images and labels of CIFAR-10's ``split`` (all when None)."""
+    import numpy as np
+
+    with np.load(CIFAR, allow_pickle=False) as archive:
+        images, labels = archive[f"{split}_x"], archive[f"{split}_y"]
+    if count is not None:
+        if count > len(images):
+            raise ValueError(f"asked for {count} {split} images, CIFAR-10 has {len(images)}")
+        images, labels = images[:count], labels[:count]
+    return np.ascontiguousarray(images), np.ascontiguousarray(labels)
+
+
+def time_epochs(loader: Any, epochs: int) -> float:
+    """Images/s over ``epochs`` full epochs, after one untimed warm-up epoch (numba JIT for FFCV)."""
+    for _ in loader:
+        pass
+    start = time.perf_counter()
+    count = 0
+    for _ in range(epochs):
+        for x, _ in loader:
+            count += len(x)
+    return count / (time.perf_counter() - start)
+
+
+def time_purification(purifier: Any, images: Any, batch_size: int, budget_s: Optional[float] = None) -> tuple[int, float]:
+    """Purify ``images`` in batches after one 2-image warm-up; returns (images done, seconds).
+
+    With ``budget_s``, stops after the first batch that ends past the budget (at least one batch).
+    """
+    purifier.purify(images[: min(2, len(images))], range(min(2, len(images))))  # warm-up
+    _sync(purifier.device)
+    start, done = time.perf_counter(), 0
+    while done < len(images):
+        stop = min(done + batch_size, len(images))
+        purifier.purify(images[done:stop], range(done, stop))
+        done = stop
+        if budget_s is not None and time.perf_counter() - start >= budget_s:
+            break
+    _sync(purifier.device)
+    return done, time.perf_counter() - start
+
+
+def _sync(device: Any) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def mib(num_bytes: float) -> float:
+    return round(num_bytes / 2**20, 1)
+
+
+class TreeMemorySampler:
+    """Samples the summed PSS of this process and all its descendants (workers, writer pools).
+
+    PSS splits pages shared after ``fork`` between the processes that map them, so the sum is the
+    memory the stage really occupies. Sampled every ``interval_s``: a spike shorter than that can be
+    missed. Needs psutil; without it ``peak_mib`` stays None.
+    """
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        import threading
+
+        self.interval_s, self.peak_bytes = interval_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "TreeMemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            import psutil
+        except ImportError:
+            return
+        me = psutil.Process()
+        while True:
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_full_info().pss
+                except (psutil.Error, OSError):
+                    pass
+            self.peak_bytes = max(self.peak_bytes, total)
+            if self._stop.wait(self.interval_s):
+                return
+
+    @property
+    def peak_mib(self) -> Optional[float]:
+        return mib(self.peak_bytes) if self.peak_bytes else None
+
+
+def _vm_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _isolated_entry(fn: Callable[..., dict[str, Any]], args: tuple, kwargs: dict, conn: Any, interval_s: Optional[float]) -> None:
+    import contextlib
+    import traceback
+
+    try:
+        rss_start = _vm_kib("VmRSS")
+        sampler = TreeMemorySampler(interval_s) if interval_s else None
+        with sampler or contextlib.nullcontext():
+            result = fn(*args, **kwargs)
+        memory = {
+            # VmHWM: this process's own resident high-water mark (per address space, so a spawned child
+            # does not inherit its parent's, unlike ru_maxrss, which survives exec)
+            "peak_rss_mib": round(_vm_kib("VmHWM") / 1024, 1),
+            "rss_at_start_mib": round(rss_start / 1024, 1),
+            # RUSAGE_CHILDREN is not reported: a fork+exec'd child's ru_maxrss includes its parent's RSS
+            "peak_tree_pss_mib": sampler.peak_mib if sampler else None,
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            memory["cuda_max_allocated_mib"] = mib(torch.cuda.max_memory_allocated())
+        conn.send(("ok", {**result, "memory": memory}))
+    except BaseException:  # report, then exit non-zero
+        conn.send(("error", traceback.format_exc()))
+        raise
+    finally:
+        conn.close()
+
+
+def run_isolated(
+    fn: Callable[..., dict[str, Any]], *args: Any, sample_interval_s: Optional[float] = 0.2, **kwargs: Any
+) -> dict[str, Any]:
+    """Run ``fn(*args, **kwargs)`` in a fresh (spawned) interpreter and return its dict plus ``memory``.
+
+    Each measured stage runs alone in its own process, so its peak memory is its own and no stage
+    inherits another's caches, JIT state or thread settings. ``fn`` must be a module-level function.
+    ``sample_interval_s=None`` turns off the PSS sampler thread (for timing-critical stages: it
+    takes the GIL while it reads /proc).
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_isolated_entry, args=(fn, args, kwargs, child, sample_interval_s))
+    proc.start()
+    child.close()
+    try:
+        status, payload = parent.recv()
+    except EOFError:
+        status, payload = "error", "child exited without a result"
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"{getattr(fn, '__name__', fn)} failed in its child process (exit {proc.exitcode}):\n{payload}")
+    return payload
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -9,16 +9,13 @@ configuration to benchmarks/results/loader_speed.jsonl. Timing claims are ratios
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, append_jsonl, command_line, machine_info  # noqa: E402
+from _common import RESULTS, append_jsonl, command_line, load_cifar, machine_info, time_epochs  # noqa: E402
 
 from eclipse_loader.adapters.ffcv_loaders import make_ffcv_loader  # noqa: E402
 from eclipse_loader.data.images import as_labelled_images  # noqa: E402
@@ -26,19 +23,7 @@ from eclipse_loader.loading.config import AugmentConfig  # noqa: E402
 from eclipse_loader.loading.torch_loader import TorchEpochLoader  # noqa: E402
 from eclipse_loader.storage.beton import write_beton  # noqa: E402
 
-CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10.npz"
 OUT = RESULTS / "loader_speed.jsonl"
-
-
-def time_epochs(loader, epochs: int) -> float:
-    for _ in loader:  # warm-up epoch (numba JIT for FFCV)
-        pass
-    start = time.perf_counter()
-    count = 0
-    for _ in range(epochs):
-        for x, _ in loader:
-            count += len(x)
-    return count / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -48,8 +33,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
-    with np.load(CIFAR) as d:
-        data = as_labelled_images(d["train_x"][: args.samples], d["train_y"][: args.samples], 10)
+    data = as_labelled_images(*load_cifar(args.samples), 10)
     configs = {
         "no augmentation": None,
         "flip+translate": AugmentConfig(compensate=False),
@@ -70,7 +54,6 @@ def main() -> None:
                     "samples": args.samples, "batch_size": args.batch_size, "epochs_timed": args.epochs,
                     "machine": machine_info(), "command": command_line(),
                 }
-                print(json.dumps(row), flush=True)
                 append_jsonl(Path(args.out), row)
 
 

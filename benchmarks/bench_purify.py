@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, append_jsonl, command_line, machine_info  # noqa: E402
+from _common import RESULTS, append_jsonl, command_line, machine_info, time_purification  # noqa: E402
 
 from eclipse_loader.denoiser.presets import build_scheduler, build_unet  # noqa: E402
 from eclipse_loader.purify.purifier import Purifier, PurifyConfig  # noqa: E402
@@ -47,11 +46,7 @@ def main() -> None:
         for mode in args.modes.split(","):
             config = PurifyConfig(bf16=args.bf16, **MODES[mode])
             purifier = Purifier(unet, build_scheduler(), config, device=args.device)
-            purifier.purify(images[: min(2, args.images)], range(2))  # warm-up
-            start = time.perf_counter()
-            for i in range(0, args.images, args.batch_size):
-                purifier.purify(images[i : i + args.batch_size], range(i, min(i + args.batch_size, args.images)))
-            seconds = time.perf_counter() - start
+            _, seconds = time_purification(purifier, images, args.batch_size)
             append_jsonl(Path(args.out), {
                 "bench": "purify_speed", "command": command_line(), "machine": machine_info(), "device": args.device,
                 "preset": preset, "mode": mode, "t_star": purifier.t_star, "network_calls": len(purifier.timesteps),
