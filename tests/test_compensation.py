@@ -124,3 +124,53 @@ def test_ffcv_operation_equals_torch_transform_exactly(cifar, compiled):
         assert not np.array_equal(out, images)
     finally:
         Compiler.set_enabled(was_enabled)
+
+
+@requires_ffcv
+def test_fast_kernel_equals_reference_kernel_bit_for_bit(cifar):
+    from eclipse_loader.adapters.ffcv_compensation import compensate_one, compensate_one_fast, guard_band
+    from eclipse_loader.compensation import counter_rng as rng
+
+    images = np.concatenate([cifar["train_x"][:600], np.zeros((20, 32, 32, 3), np.uint8), np.full((20, 32, 32, 3), 255, np.uint8)])
+    j = np.arange(32 * 32 * 3, dtype=np.int64)
+    salt1, salt2 = rng.element_salt(2 * j), rng.element_salt(2 * j + 1)
+    for p_gray, sigma in ((0.4, 0.05), (0.0, 0.05), (1.0, 0.05), (0.4, 0.0), (1.0, 0.0), (0.4, 1.0)):
+        scale = 255.0 * sigma
+        # guard 0: never falls back (the fast arithmetic alone); 0.5: always falls back; the certified band
+        for guard in (0.0, 0.5, guard_band(scale)):
+            for i, image in enumerate(images):
+                key = rng.sample_key(7, 3, i)
+                ref, fast = np.empty_like(image), np.full_like(image, 17)
+                compensate_one(image, ref, key, p_gray, scale, salt1, salt2)
+                compensate_one_fast(image, fast, key, p_gray, scale, salt1, salt2, guard)
+                assert np.array_equal(fast, ref), f"p_gray={p_gray} sigma={sigma} guard={guard} image {i}"
+    strided = np.asfortranarray(images[0])  # any source layout
+    ref, fast = np.empty_like(images[0]), np.empty_like(images[0])
+    compensate_one(images[0], ref, 5, 0.4, 12.75, salt1, salt2)
+    compensate_one_fast(strided, fast, 5, 0.4, 12.75, salt1, salt2, guard_band(12.75))
+    assert np.array_equal(fast, ref)
+
+
+@requires_ffcv
+def test_fast_log_and_cos_agree_with_extended_precision():
+    import numba
+
+    from eclipse_loader.adapters.ffcv_compensation import _cos_2pi_unit, _log_unit
+
+    @numba.njit
+    def both(words, logs, coss):
+        for i in range(words.shape[0]):
+            logs[i] = _log_unit(np.uint64(words[i]))
+            coss[i] = _cos_2pi_unit(np.uint64(words[i]))
+
+    edges = [np.arange(0, 4096), np.arange(2**32 - 4096, 2**32)]
+    edges += [np.arange(q * 2**29 - 256, q * 2**29 + 256) for q in range(1, 8)]  # cos octant edges
+    edges += [np.arange(int(2**k * 2**0.5) - 64, int(2**k * 2**0.5) + 64) for k in range(7, 32)]  # log m = sqrt(2)
+    words = np.concatenate([*edges, np.random.default_rng(0).integers(0, 2**32, 200_000)]).astype(np.int64)
+    logs, coss = np.empty(len(words)), np.empty(len(words))
+    both(words, logs, coss)
+    u = (words.astype(np.longdouble) + np.longdouble(0.5)) / np.longdouble(2**32)
+    true_log = np.log(u)
+    true_cos = np.cos(2 * np.longdouble("3.14159265358979323846264338327950288") * u)
+    assert float(np.max(np.abs((logs - true_log) / true_log))) < 4e-15
+    assert float(np.max(np.abs(coss - true_cos))) < 4e-15
