@@ -248,13 +248,20 @@ def loader_profile(batch: int, threads: int, images_count: int) -> dict[str, Any
     out["compensation_reference_kernel_1_thread"] = round(
         _best_of(lambda: reference(x, dst, 0, 0.4, 12.75, salt1, salt2), 3) / batch * 1e6, 2)
 
-    # the torch part of the FFCV pipeline on one batch: ToTensor, ToTorchImage (CHW view), float, normalise
-    torch.set_num_threads(threads)
+    # the torch part of the FFCV pipeline on one batch: ToTensor, ToTorchImage (a channels-last CHW view),
+    # Convert(float32), torchvision Normalize (mean 0, std 255 when AugmentConfig has no mean/std)
     from torchvision.transforms import Normalize
 
     normalize = Normalize((0.0, 0.0, 0.0), (255.0, 255.0, 255.0))
-    out["ffcv_torch_tail_convert_normalize"] = round(
-        _best_of(lambda: normalize(torch.from_numpy(x).permute(0, 3, 1, 2).float()), 7) / batch * 1e6, 2)
+    tail = {}
+    for n_threads in sorted({1, threads}):
+        torch.set_num_threads(n_threads)
+        tail[f"threads_{n_threads}"] = round(
+            _best_of(lambda: normalize(torch.from_numpy(x).permute(0, 3, 1, 2).float()), 7) / batch * 1e6, 2)
+    torch.set_num_threads(1)
+    tail["threads_1_contiguous_input"] = round(
+        _best_of(lambda: normalize(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().float()), 7) / batch * 1e6, 2)
+    out["ffcv_torch_tail_convert_normalize"] = tail
 
     # torchvision: each transform on single images, as a DataLoader worker runs them (1 thread each)
     torch.set_num_threads(1)
@@ -435,7 +442,7 @@ def main() -> None:
     parser.add_argument("--loader-samples", type=int, default=50000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=5, help="timed loader rounds (one epoch of each loader per round)")
+    parser.add_argument("--epochs", type=int, default=3, help="timed loader rounds (one epoch of each loader per round)")
     parser.add_argument("--profile-images", type=int, default=2048)
     parser.add_argument("--purify-steps", default="tiny=2,10,full;small=1,2,10,20,full;paper=2,10",
                         help="network calls per preset; 'full' = the whole chain (t* = 100 calls)")
