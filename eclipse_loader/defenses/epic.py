@@ -18,7 +18,6 @@ seeded generator; the gradient uses the full logits in every mode.
 """
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass, field
 from typing import Iterator, Literal, Optional, Union
@@ -79,10 +78,13 @@ def similarity(features: np.ndarray, metric: Metric = "euclidean") -> np.ndarray
     raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
 
 
-def facility_location(sim: np.ndarray, k: int) -> list[int]:
+def facility_location(sim: np.ndarray, k: int, refresh: int = 64) -> list[int]:
     """Greedy maximisation of ``F(M) = sum_i max_{j in M} sim[i, j]`` (lazy greedy, exact gains).
 
-    Returns ``k`` column indices in the order they were picked. Ties go to the lower index.
+    Marginal gains only shrink as the set grows (submodularity), so stale gains are upper bounds:
+    each round re-evaluates the ``refresh`` candidates with the largest bounds in one vectorised
+    step and accepts the best of them once its gain is at least every other candidate's bound.
+    Returns ``k`` column indices in the order they were picked (ties: the lower index).
     """
     sim = np.asarray(sim, dtype=np.float64)
     if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
@@ -91,21 +93,25 @@ def facility_location(sim: np.ndarray, k: int) -> list[int]:
     if not 0 <= k <= n:
         raise ValueError(f"k must be in [0, {n}], got {k}")
     best = np.zeros(n)  # current max similarity of each point to the chosen set (F(empty) = 0)
-    heap = [(-float(g), j) for j, g in enumerate(np.maximum(sim, 0.0).sum(0))]
-    heapq.heapify(heap)
+    bounds = np.maximum(sim, 0.0).sum(0)
+    fresh = np.ones(n, dtype=bool)  # bounds[j] is j's exact gain
     chosen: list[int] = []
     while len(chosen) < k:
-        _, j = heapq.heappop(heap)
-        gain = float(np.maximum(sim[:, j] - best, 0.0).sum())
-        # the stale bound of the next candidate; gains only shrink (submodularity)
-        if heap and gain < -heap[0][0] - 1e-12 * max(1.0, abs(gain)):
-            heapq.heappush(heap, (-gain, j))
-            continue
-        if heap and abs(gain + heap[0][0]) <= 1e-12 * max(1.0, abs(gain)) and heap[0][1] < j:
-            heapq.heappush(heap, (-gain, j))  # equal gain, lower index first (deterministic ties)
+        order = np.lexsort((np.arange(n), -bounds))  # bound descending, then index ascending
+        top = order[:refresh]
+        stale = top[~fresh[top]]
+        if len(stale):
+            bounds[stale] = np.maximum(sim[:, stale] - best[:, None], 0.0).sum(0)
+            fresh[stale] = True
+            order = np.lexsort((np.arange(n), -bounds))
+        j = int(order[0])
+        if not fresh[j]:
             continue
         chosen.append(j)
         best = np.maximum(best, sim[:, j])
+        bounds[j] = -np.inf
+        fresh[:] = False
+        fresh[j] = True
     return chosen
 
 
