@@ -133,3 +133,14 @@ def test_plant_feature_collision_keeps_labels_and_scores_success():
     assert targeted_success(Const(7), poison) and not targeted_success(Const(1), poison)
     with pytest.raises(ValueError, match="differ"):
         plant_feature_collision(data, extractor, data.images[1], 1, 1)
+
+
+def test_crafting_leaves_a_sliced_extractors_batchnorm_in_eval_mode():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    model.eval()
+    extractor = model[:-1]  # a new Sequential whose own flag is True while its children are in eval mode
+    data = make_data(8)
+    stats = model[1].running_mean.clone()
+    feature_collision(extractor, data.images[0], data.images[1:3], steps=2)
+    assert not any(m.training for m in model.modules())
+    torch.testing.assert_close(model[1].running_mean, stats)

@@ -29,6 +29,7 @@ from torch import nn
 from ..data.images import LabelledImages
 from ..loading.config import AugmentConfig
 from ..loading.torch_loader import TorchEpochLoader
+from ..poisons.backdoors import eval_mode
 
 Metric = Literal["euclidean", "cosine"]
 
@@ -50,15 +51,13 @@ def gradient_proxy(
     Returns float32 ``(N, C)``. The model's train/eval mode is restored afterwards.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out = []
-    for x, y in TorchEpochLoader(data, batch_size, normalize=normalize):
-        logits = model(x.to(device)).float()
-        g = torch.softmax(logits, dim=1)
-        g[torch.arange(len(y)), y.to(device)] -= 1.0
-        out.append(g.cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in TorchEpochLoader(data, batch_size, normalize=normalize):
+            logits = model(x.to(device)).float()
+            g = torch.softmax(logits, dim=1)
+            g[torch.arange(len(y)), y.to(device)] -= 1.0
+            out.append(g.cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, data.num_classes), np.float32)
 
 

@@ -15,14 +15,28 @@ A trigger is a frozen dataclass with ``apply(images) -> images`` on uint8 NHWC a
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, Union
+from typing import Iterator, Optional, Protocol, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..data.images import LabelledImages, validate_images
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode and restore each one's own flag afterwards (a sliced
+    ``nn.Sequential`` has its own ``training`` flag, so ``model.train(was_training)`` is not enough)."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 class Trigger(Protocol):
@@ -191,13 +205,11 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 500,
     """Predicted classes of uint8 NHWC ``images`` (inputs scaled to [0, 1], the victims' convention)."""
     images = _check_uint8(images)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     preds = []
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).float().div(255.0)
-        preds.append(model(x.to(device)).argmax(1).cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).float().div(255.0)
+            preds.append(model(x.to(device)).argmax(1).cpu())
     return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..data.images import LabelledImages, validate_images
+from .backdoors import eval_mode
 
 
 def _to_float(images: np.ndarray) -> torch.Tensor:
@@ -58,8 +59,12 @@ def feature_collision(
         raise ValueError(f"need steps >= 1, lr > 0, beta >= 0, opacity in [0, 1): {steps}, {lr}, {beta}, {opacity}")
     if epsilon is not None and not 0.0 < epsilon <= 1.0:
         raise ValueError(f"epsilon must be in (0, 1] or None, got {epsilon}")
-    was_training = feature_extractor.training
-    feature_extractor.eval()
+    with eval_mode(feature_extractor):
+        return _collide(feature_extractor, target, bases, steps, lr, beta, opacity, epsilon)
+
+
+def _collide(feature_extractor: nn.Module, target: np.ndarray, bases: np.ndarray, steps: int, lr: float, beta: float,
+             opacity: float, epsilon: Optional[float]) -> np.ndarray:
     device = next(feature_extractor.parameters()).device
     base = _to_float(bases).to(device)
     t = _to_float(target[None]).to(device)
@@ -79,7 +84,6 @@ def feature_collision(
             if epsilon is not None:
                 x.copy_(torch.min(torch.max(x, base - epsilon), base + epsilon))
             x.clamp_(0.0, 1.0)
-    feature_extractor.train(was_training)
     return _to_uint8(x.detach().cpu())
 
 
@@ -131,9 +135,7 @@ def plant_feature_collision(
 @torch.no_grad()
 def targeted_success(model: nn.Module, poison: TargetedPoison) -> bool:
     """True when ``model`` classifies the target image as the adversarial label."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    pred = int(model(_to_float(poison.target_image[None]).to(device)).argmax(1))
-    model.train(was_training)
+    with eval_mode(model):
+        pred = int(model(_to_float(poison.target_image[None]).to(device)).argmax(1))
     return pred == poison.adversarial_label
