@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -282,7 +283,8 @@ class Harness:
                               model_factory=self._victim_factory(self.protocol.victim), device=self.device)
         record = {"attack": attack, "defense": defense.name, "accuracy": result.test_accuracy,
                   "train_seconds": round(result.train_seconds, 1), "offline_seconds": round(offline_s, 1),
-                  "seed": self.seed, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                  "seed": self.seed, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "load_avg_1min": round(os.getloadavg()[0], 2)}
         with open(self.cells_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         self.cells[key] = record
@@ -396,9 +398,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the JSON/markdown/plot from the cells already in --workdir; run nothing")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
-    args.command_line = command_line()
+    # the command that reproduces the table (a --report-only rerun only re-renders it)
+    args.command_line = command_line().replace(" --report-only", "")
     return args
 
 
@@ -420,6 +425,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     log(f"protocol {protocol.name}: {len(harness.train)} training, {len(harness.sparse)} sparse, "
         f"{len(harness.test)} test images; {len(harness.cells)} cells already done")
     adaptive_defenses = [d for d in args.adaptive_defenses.split(",") if d in defenses]
+    if args.report_only:
+        path = write_outputs(summarise(harness, attacks, adaptive, defenses, args, started), args.out)
+        log(f"wrote {path} from {len(harness.cells)} finished cells")
+        return 0
     for attack in ["none", *attacks, *adaptive]:
         for name in adaptive_defenses if attack in adaptive else defenses:
             harness.run_cell(attack, DEFENSES[name])
