@@ -178,7 +178,7 @@ class ElixirResult:
         from ..storage.beton import write_beton
 
         meta = {"defense": "dataelixir", "config": asdict(self.config), **self.summary(),
-                "source_indices_sha_len": len(self.source_indices)}
+                "source_indices": self.source_indices.tolist()}
         return write_beton(path, self.data, metadata={**meta, **kwargs.pop("metadata", {})}, **kwargs)
 
 
