@@ -1,4 +1,4 @@
-"""CGD (Xu et al., ACM MM 2025): guide-model scores, then guided fine-tuning of the backdoored model.
+"""CGD (ACM MM 2025): guide-model scores, then guided fine-tuning of the backdoored model.
 
 Stage 1 (`score_dataset`): two per-sample NLLs of the *given* label, rank-normalised to (0, 1] over the
 whole set: ``s_guide`` from a guide model that never saw the poisoned data (high when image and label

@@ -1,4 +1,4 @@
-"""DataElixir (Zhou et al., AAAI 2024): offline backdoor sanitisation with our diffusion `Purifier`.
+"""DataElixir (AAAI 2024): offline backdoor sanitisation with our diffusion `Purifier`.
 
 1. Every image goes through ``rounds`` chained rounds of "noise in one shot, denoise back"
    (`Purifier.add_noise` / `Purifier.step` with our denoiser); the clean estimates of the last

@@ -1,4 +1,4 @@
-"""EPIC (Yang et al., ICML 2022): drop training examples that are isolated in gradient space.
+"""EPIC (ICML 2022): drop training examples that are isolated in gradient space.
 
 Core pieces (plain torch/numpy; the Lightning callback is in `epic_callback`):
 
