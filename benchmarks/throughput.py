@@ -154,18 +154,19 @@ def loader_timing(beton: str, samples: int, batch: int, workers: int, epochs: in
 
 
 def loader_alone(name: str, beton: str, samples: int, batch: int, workers: int, device: str) -> dict[str, Any]:
-    """One loader alone (for its peak memory): one warm-up epoch, one timed epoch."""
+    """One loader alone, for its peak memory: one warm-up epoch and one more epoch. (No speed figure:
+    the memory sampler thread takes the GIL, which slows FFCV's Python-side thread down.)"""
     images, labels = load_cifar(samples)
     loader = build_loader(name, beton, images, labels, batch, workers, device)
     run_epoch(loader, device)
-    count, seconds = run_epoch(loader, device)
+    count, _ = run_epoch(loader, device)
     if hasattr(loader, "close"):
         loader.close()
     del loader  # shuts torch's persistent workers down, so RUSAGE_CHILDREN includes them
     import gc
 
     gc.collect()
-    return {"loader": name, "images_per_s_one_epoch": round(count / seconds, 1)}
+    return {"loader": name, "epoch_images": count}
 
 
 def write_cifar_beton(path: str, samples: int) -> dict[str, Any]:
@@ -391,12 +392,16 @@ def scale_purify(n: int, denoiser_dir: str, workdir: str, steps: int, batch: int
             "device": device, "images_per_s_purify": round(n / (total - sum(write_seconds)), 2)}
 
 
-def scale_write(n: int, workdir: str) -> dict[str, Any]:
+def scale_write(n: int, workdir: str, repeats: int) -> dict[str, Any]:
+    """``write_beton`` of ``n`` raw CIFAR-10 images, ``repeats`` times (median seconds)."""
     path = str(Path(workdir) / f"raw_{n}.beton")
-    result = write_cifar_beton(path, n)
-    result["beton_bytes"] = Path(path).stat().st_size
-    Path(path).unlink()
-    return {**result, "images_per_s": round(n / max(result["seconds"], 1e-9), 1)}
+    seconds = []
+    for _ in range(repeats):
+        seconds.append(write_cifar_beton(path, n)["seconds"])
+        size = Path(path).stat().st_size
+        Path(path).unlink()
+    median = statistics.median(seconds)
+    return {"images": n, "seconds": median, "seconds_all": seconds, "beton_bytes": size, "images_per_s": round(n / max(median, 1e-9), 1)}
 
 
 def linear_fit(sizes: list[int], seconds: list[float]) -> dict[str, Any]:
@@ -456,8 +461,15 @@ def main() -> None:
     parser.add_argument("--scale-sizes", default="1000,5000,50000")
     parser.add_argument("--scale-steps", type=int, default=1, help="network calls per image in the scaling run")
     parser.add_argument("--scale-batch", type=int, default=256)
+    parser.add_argument("--write-repeats", type=int, default=3, help="write_beton repeats per size (median)")
     parser.add_argument("--out", default=None, help="default benchmarks/results/throughput-<date>.json")
+    parser.add_argument("--table", metavar="RESULTS_JSON", help="print the markdown tables of a results file and exit")
     args = parser.parse_args()
+    if args.table:
+        import json
+
+        print(markdown_tables(json.loads(Path(args.table).read_text())))
+        return
     stages = args.stages.split(",")
     unknown = set(stages) - {"loader", "loader_memory", "loader_profile", "purify", "train", "scaling"}
     if unknown:
@@ -525,7 +537,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="throughput-scale-") as tmp:
             run_isolated(make_random_denoiser, "small", str(Path(tmp) / "denoiser"))
             for n in sizes:
-                scaling["write_beton"].append(run_isolated(scale_write, n, tmp))
+                scaling["write_beton"].append(run_isolated(scale_write, n, tmp, args.write_repeats))
                 save(f"scaling write {n}")
             scaling["write_beton_fit"] = linear_fit(sizes, [r["seconds"] for r in scaling["write_beton"]])
             for n in sizes:
@@ -537,6 +549,64 @@ def main() -> None:
             scaling["purify_fit"] = linear_fit(sizes, [r["seconds_purify"] for r in rows])
             scaling["purify_dataset_total_fit"] = linear_fit(sizes, [r["seconds_total"] for r in rows])
             save("scaling")
+
+
+def markdown_tables(result: dict[str, Any]) -> str:
+    """The README tables of a results file (``--table PATH`` prints them)."""
+    lines: list[str] = []
+    add = lines.append
+    if "loader_images_per_s" in result:
+        loader, targets = result["loader"], result["targets"]
+        med, per_round = loader["median_images_per_s"], loader["images_per_s_per_round"]
+        add("| loader (batch 256, 2 workers, crop + flip) | images/s, median | per round |")
+        add("|---|---|---|")
+        for name in [*LOADERS, *[n for n in PROFILE_LOADERS if n in med]]:
+            rounds = ", ".join(f"{v:,.0f}" for v in per_round[name])
+            add(f"| `{name}` | {med[name]:,.0f} | {rounds} |")
+        speed, cost = targets["ffcv_compensation_over_torchvision"], targets["compensation_time_overhead_over_ffcv_plain"]
+        add("")
+        add("| target | median of the rounds' ratios | per round | met |")
+        add("|---|---|---|---|")
+        add(f"| `ffcv_compensation` >= 3x `torchvision_dataloader` | {speed['median_of_round_ratios']}x | "
+            f"{', '.join(f'{v}x' for v in speed['per_round'])} | {'yes' if speed['met'] else '**no**'} |")
+        add(f"| compensation <= 15% over `ffcv_plain` (epoch time) | +{cost['median_of_round_ratios']:.0%} | "
+            f"{', '.join(f'+{v:.0%}' for v in cost['per_round'])} | {'yes' if cost['met'] else '**no**'} |")
+        add("")
+    if "loader_memory" in result:
+        add("| loader alone (1 warm-up + 1 epoch) | peak RSS of the process | peak PSS, process + workers |")
+        add("|---|---|---|")
+        for name, row in result["loader_memory"].items():
+            add(f"| `{name}` | {row['memory']['peak_rss_mib']:,.0f} MiB | {row['memory']['peak_tree_pss_mib'] or 0:,.0f} MiB |")
+        add("")
+    if "purification" in result:
+        add("| preset (params) | network calls | batch | images timed | images/s | peak RSS |")
+        add("|---|---|---|---|---|---|")
+        for row in result["purification"]:
+            add(f"| {row['preset']} ({row['parameters_m']} M) | {row['network_calls']} | {row['batch_size']} | {row['images']} | "
+                f"{row['images_per_s']:.3g} | {row['memory']['peak_rss_mib']:,.0f} MiB |")
+        add("")
+    if "denoiser_training" in result:
+        add("| preset | batch | s/step, median (steps 2..n) | range | peak RSS |")
+        add("|---|---|---|---|---|")
+        for row in result["denoiser_training"]:
+            add(f"| {row['preset']} | {row['batch_size']} | {row['seconds_per_step_median']:.3g} | "
+                f"{min(row['seconds_per_step_all']):.3g}-{max(row['seconds_per_step_all']):.3g} | {row['memory']['peak_rss_mib']:,.0f} MiB |")
+        add("")
+    scaling = result.get("scaling", {})
+    if scaling.get("purify_dataset"):
+        writes = {row["images"]: row for row in scaling.get("write_beton", [])}
+        add("| images | `purify_dataset`: purify s | its beton write s | images/s (purify) | peak RSS | `write_beton` alone s | peak PSS (writer tree) |")
+        add("|---|---|---|---|---|---|---|")
+        for row in scaling["purify_dataset"]:
+            write = writes.get(row["images"], {})
+            add(f"| {row['images']:,} | {row['seconds_purify']} | {row['seconds_write_beton']} | {row['images_per_s_purify']} | "
+                f"{row['memory']['peak_rss_mib']:,.0f} MiB | {write.get('seconds', '')} | {(write.get('memory') or {}).get('peak_tree_pss_mib') or 0:,.0f} MiB |")
+        for key in ("purify_fit", "write_beton_fit"):
+            if key in scaling:
+                fit = scaling[key]
+                add(f"\n{key}: {fit['fixed_seconds']} s + {fit['seconds_per_image']:.3g} s/image (r2 {fit['r2']}), "
+                    f"marginal s/image {fit['marginal_seconds_per_image']}")
+    return "\n".join(lines)
 
 
 def loader_targets(timing: dict[str, Any]) -> dict[str, Any]:
