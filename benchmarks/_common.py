@@ -65,7 +65,7 @@ def psnr(a: Any, b: Any) -> float:
 # ---- shared by the benchmark scripts: data, timing loops, isolated stages --------------------------------
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10.npz"
-"""Real CIFAR-10 (see /work/shared/data/README.md): benchmark input, never a runtime dependency."""
+"""Real CIFAR-10 (see ../shared/data/README.md): benchmark input, never a runtime dependency."""
 
 
 def load_cifar(count: Optional[int] = None, split: str = "train") -> tuple[Any, Any]:

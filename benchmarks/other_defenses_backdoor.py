@@ -169,7 +169,7 @@ def main() -> None:
     p.add_argument("--cgd-tolerance", type=float, default=1.0, help="roll-back drop in points (100: never)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is much faster on a contended CPU)")
     p.add_argument("--beton", action="store_true", help="also write the sanitised beton (DataElixir)")
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/eclipse-backdoor-bench"))
+    p.add_argument("--workdir", type=Path, default=Path("bench-work/backdoor"))
     p.add_argument("--out", type=Path, default=RESULTS / "other-defenses-backdoor.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

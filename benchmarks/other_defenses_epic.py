@@ -94,7 +94,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is much faster on a contended CPU)")
     p.add_argument("--out", type=Path, default=RESULTS / "other-defenses-epic.json")
-    p.add_argument("--cache", type=Path, default=Path("/tmp/eclipse-epic-bench"))
+    p.add_argument("--cache", type=Path, default=Path("bench-work/epic"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
