@@ -34,13 +34,16 @@ from _common import RESULTS, command_line, machine_info  # noqa: E402
 
 from eclipse_loader.data.images import LabelledImages  # noqa: E402
 from eclipse_loader.data.sparse import check_overlap, select_sparse_indices  # noqa: E402
-from eclipse_loader.evaluation.defenses import DEFENSES, Defense, apply_offline, offline_steps  # noqa: E402
+from eclipse_loader.evaluation.defenses import (DEFENSES, Defense, PurifySettings, apply_offline,  # noqa: E402
+                                                offline_steps)
+from eclipse_loader.purify.purifier import PurifyConfig  # noqa: E402
 from eclipse_loader.evaluation.victim import VICTIMS, TrainRecipe, paper_recipe, train_classifier, train_victim  # noqa: E402
 from eclipse_loader import poisons  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10.npz"
 ATTACKS = ("ar", "lsp", "ops", "cuda", "classwise-noise", "em", "tap")
 ADAPTIVE = ("em-adaptive-compensation", "em-adaptive-denoiser")
+PURIFY_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class Protocol:
     tap: dict[str, Any] = field(default_factory=dict)
     crafting_victim: str = ""
     test_size: Optional[int] = None  # None: every test image not used as the sparse set
+    denoiser_t_max: Optional[int] = None  # highest timestep the denoiser trains on (None: t_star - 1)
 
 
 PROTOCOLS = {
@@ -92,8 +96,19 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def load_splits(protocol: Protocol, seed: int) -> tuple[LabelledImages, LabelledImages, LabelledImages]:
-    """(training set to poison, sparse clean set, test set), pairwise disjoint."""
+def load_splits(protocol: Protocol, seed: int, splits: Optional[Path] = None
+                ) -> tuple[LabelledImages, LabelledImages, LabelledImages]:
+    """(training set to poison, sparse clean set, test set), pairwise disjoint.
+
+    ``splits``: an npz written by `save_splits` (to carry a protocol's images to another machine)
+    instead of drawing them from the full CIFAR-10 file.
+    """
+    if splits is not None:
+        with np.load(splits, allow_pickle=False) as z:
+            parts = tuple(LabelledImages(z[f"{k}_x"], z[f"{k}_y"].astype(np.int64), 10) for k in ("train", "sparse", "test"))
+        check_overlap(parts[1].images, parts[0].images, "refuse")
+        check_overlap(parts[1].images, parts[2].images, "refuse")
+        return parts  # type: ignore[return-value]
     if not DATA.is_file():
         raise SystemExit(f"CIFAR-10 not found at {DATA} (see ../shared/data/README)")
     raw = np.load(DATA, allow_pickle=False)
@@ -119,6 +134,17 @@ def load_splits(protocol: Protocol, seed: int) -> tuple[LabelledImages, Labelled
     return train, sparse, test
 
 
+def save_splits(path: Path, protocol: Protocol, seed: int, test_size: Optional[int] = None) -> None:
+    """Write a protocol's (train, sparse, test) images to one compressed npz for `load_splits`."""
+    train, sparse, test = load_splits(protocol, seed)
+    if test_size is not None and test_size < len(test):
+        test = test.subset(select_sparse_indices(test, count=test_size, seed=seed + 3))
+    arrays = {}
+    for key, part in (("train", train), ("sparse", sparse), ("test", test)):
+        arrays[f"{key}_x"], arrays[f"{key}_y"] = part.images, part.labels
+    np.savez_compressed(path, **arrays)
+
+
 def save_npz(path: Path, data: LabelledImages) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, images=data.images, labels=data.labels)
@@ -142,9 +168,9 @@ def cached(path: Path, make: Callable[[], LabelledImages],
 
 
 class Harness:
-    def __init__(self, protocol: Protocol, workdir: Path, device: str, seed: int) -> None:
+    def __init__(self, protocol: Protocol, workdir: Path, device: str, seed: int, splits: Optional[Path] = None) -> None:
         self.protocol, self.workdir, self.device, self.seed = protocol, workdir, device, seed
-        self.train, self.sparse, self.test = load_splits(protocol, seed)
+        self.train, self.sparse, self.test = load_splits(protocol, seed, splits)
         workdir.mkdir(parents=True, exist_ok=True)
         self.cells_path = workdir / "cells.jsonl"
         self.cells = self._load_cells()
@@ -176,21 +202,29 @@ class Harness:
         torch.save(model.state_dict(), path)
         return model
 
-    def denoiser(self) -> Path:
+    def denoiser(self, t_max: Optional[int] = None) -> Path:
+        """The protocol's denoiser, or (``t_max`` other than the protocol's) one trained up to ``t_max``."""
         from eclipse_loader.denoiser.training import train_denoiser
 
-        out = self.workdir / "denoiser"
+        t_max = self.denoiser_t_max if t_max is None else t_max
+        out = self.workdir / ("denoiser" if t_max == self.denoiser_t_max else f"denoiser-t{t_max}")
         if (out / "denoiser.json").is_file():
             return out
         p = self.protocol
         log(f"training the {p.denoiser_preset} denoiser on the {len(self.sparse)}-image sparse set "
-            f"({p.denoiser_steps} steps, t <= {p.t_star - 1})")
+            f"({p.denoiser_steps} steps, t <= {t_max})")
         start = time.perf_counter()
         train_denoiser(self.sparse, p.denoiser_preset, out, max_steps=p.denoiser_steps, batch_size=p.denoiser_batch,
-                       lr=p.denoiser_lr, t_max=p.t_star - 1, seed=self.seed, progress=False,
+                       lr=p.denoiser_lr, t_max=t_max, seed=self.seed, progress=False,
                        accelerator="gpu" if self.device.startswith("cuda") else "cpu")
-        self.record_timing("denoiser_training_s", time.perf_counter() - start)
+        self.record_timing("denoiser_training_s" if out.name == "denoiser" else f"{out.name}_training_s",
+                           time.perf_counter() - start)
         return out
+
+    @property
+    def denoiser_t_max(self) -> int:
+        p = self.protocol
+        return p.denoiser_t_max if p.denoiser_t_max is not None else p.t_star - 1
 
     def record_timing(self, name: str, seconds: float) -> None:
         self.timings[name] = round(seconds, 1)
@@ -236,38 +270,69 @@ class Harness:
             return self.train
         return cached(self.workdir / "poisons" / f"{attack}.npz", make, lambda s: self.record_timing(f"craft_{attack}_s", s))
 
-    def purify(self, attack: str, data: LabelledImages) -> LabelledImages:
-        from eclipse_loader.purify.purifier import PurifyConfig
-        from eclipse_loader.purify.run import purify_dataset
+    def purify(self, attack: str, data: LabelledImages, settings: PurifySettings = PurifySettings(),
+               after: tuple[str, ...] = ()) -> LabelledImages:
+        """``data`` (the ``attack`` set after the offline steps ``after``) purified with ``settings``, cached."""
+        from eclipse_loader.denoiser.io import load_denoiser
+        from eclipse_loader.purify.purifier import Purifier
 
         def make() -> LabelledImages:
-            config = PurifyConfig(t_star=self.protocol.t_star, steps=self.protocol.purify_steps, seed=self.seed)
-            beton = self.workdir / "purified" / f"{attack}.beton"
-            npz = self.workdir / "purified" / f"{attack}.arrays.npz"
-            purify_dataset(data, self.denoiser(), beton, config=config, device=self.device, progress=False,
-                           also_npz=npz)
-            with np.load(npz, allow_pickle=False) as z:
-                return LabelledImages(z["images"], z["labels"].astype(np.int64), 10)
+            unet, scheduler = load_denoiser(self.denoiser(settings.denoiser_t_max))
+            draws = []
+            for draw in range(settings.draws):
+                purifier = Purifier(unet, scheduler, self.purify_config(settings, draw), device=self.device)
+                out = np.empty_like(data.images)
+                for start in range(0, len(data), PURIFY_BATCH):
+                    stop = min(start + PURIFY_BATCH, len(data))
+                    out[start:stop] = purifier.purify(data.images[start:stop], range(start, stop))
+                draws.append(out)
+            images = draws[0] if len(draws) == 1 else np.rint(np.mean(draws, axis=0)).astype(np.uint8)
+            return LabelledImages(images, data.labels, data.num_classes)
 
-        return cached(self.workdir / "purified" / f"{attack}.npz", make,
-                      lambda s: self.record_timing(f"purify_{attack}_s", s))
+        name = self.purified_name(attack, settings, after)
+        return cached(self.workdir / "purified" / f"{name}.npz", make,
+                      lambda s: self.record_timing(f"purify_{name}_s", s))
 
-    def purification_gflop_per_image(self) -> Optional[float]:
-        """FLOPs of purifying one 32x32 image with this protocol's denoiser and config (FlopCounterMode)."""
+    def purified_name(self, attack: str, settings: PurifySettings = PurifySettings(), after: tuple[str, ...] = ()) -> str:
+        """Cache name of ``attack``'s set purified with ``settings`` after the offline steps ``after``."""
+        config = self.purify_config(settings)
+        t_max = settings.denoiser_t_max or self.denoiser_t_max
+        if config == self.purify_config() and settings.draws == 1 and t_max == self.denoiser_t_max and not after:
+            return attack
+        resolved = f"t{config.t_star}-s{config.steps or config.t_star}"
+        resolved += (f"-d{settings.draws}" if settings.draws > 1 else "") + (f"-dn{t_max}" if t_max != self.denoiser_t_max else "")
+        return f"{attack}--{'+'.join(after) or 'raw'}--{resolved}"
+
+    def purify_timing_keys(self, defense: Defense) -> list[str]:
+        """Timing entries of ``defense``'s purification passes (one per attack done so far)."""
+        after = defense.offline[:defense.offline.index("purify")]
+        names = {self.purified_name(a, defense.purify, after) for a in ("none", *ATTACKS)}
+        return [f"purify_{n}_s" for n in names if f"purify_{n}_s" in self.timings]
+
+    def purify_config(self, settings: PurifySettings = PurifySettings(), draw: int = 0) -> PurifyConfig:
+        """The PurifyConfig of ``settings`` under this protocol; draw ``k`` uses seed ``seed + k``."""
+        t_star = settings.t_star if settings.t_star is not None else self.protocol.t_star
+        steps = settings.steps if settings.steps is not None else self.protocol.purify_steps
+        return PurifyConfig(t_star=t_star, steps=None if steps is None else min(steps, t_star), seed=self.seed + draw,
+                            bf16=False)
+
+    def purification_gflop_per_image(self, settings: PurifySettings = PurifySettings()) -> Optional[float]:
+        """FLOPs of purifying one 32x32 image with this protocol's denoiser and ``settings`` (FlopCounterMode)."""
         from torch.utils.flop_counter import FlopCounterMode
 
         from eclipse_loader.denoiser.io import load_denoiser
-        from eclipse_loader.purify.purifier import Purifier, PurifyConfig
+        from eclipse_loader.purify.purifier import Purifier
 
-        if not (self.workdir / "denoiser" / "denoiser.json").is_file():
+        t_max = self.denoiser_t_max if settings.denoiser_t_max is None else settings.denoiser_t_max
+        path = self.workdir / ("denoiser" if t_max == self.denoiser_t_max else f"denoiser-t{t_max}")
+        if not (path / "denoiser.json").is_file():
             return None
-        unet, scheduler = load_denoiser(self.workdir / "denoiser")
-        config = PurifyConfig(t_star=self.protocol.t_star, steps=self.protocol.purify_steps, seed=self.seed)
-        purifier = Purifier(unet, scheduler, config, device="cpu")
+        unet, scheduler = load_denoiser(path)
+        purifier = Purifier(unet, scheduler, self.purify_config(settings), device="cpu")
         x = torch.zeros(2, 3, 32, 32)
         with FlopCounterMode(display=False) as counter:
             purifier.purify_tensor(x, [0, 1])
-        return counter.get_total_flops() / 2 / 1e9
+        return counter.get_total_flops() / 2 / 1e9 * settings.draws
 
     # -- cells --------------------------------------------------------------------------------
     def run_cell(self, attack: str, defense: Defense) -> dict[str, Any]:
@@ -276,7 +341,8 @@ class Harness:
             return self.cells[key]
         data = self.poisoned(attack)
         start = time.perf_counter()
-        steps = offline_steps(purify=lambda d: self.purify(attack, d))
+        after = defense.offline[:defense.offline.index("purify")] if defense.purifies else ()
+        steps = offline_steps(purify=lambda d: self.purify(attack, d, defense.purify, after))
         defended = apply_offline(defense, data, steps)
         offline_s = time.perf_counter() - start
         result = train_victim(defended, self.test, defense.augment, recipe=self.protocol.recipe, seed=self.seed,
@@ -318,6 +384,12 @@ def summarise(harness: Harness, attacks: list[str], adaptive: list[str], defense
         "settings": {**asdict(harness.protocol), "seed": harness.seed, "train_images": len(harness.train),
                      "sparse_images": len(harness.sparse), "test_images": len(harness.test)},
         "purification_gflop_per_image": harness.purification_gflop_per_image(),
+        "purification_gflop_per_image_by_defense": {
+            d: harness.purification_gflop_per_image(DEFENSES[d].purify) for d in defenses if DEFENSES[d].purifies},
+        "worst_ratio_to_clean_by_defense": ({d: min(table[a][d] for a in attacks) / clean for d in means}
+                                            if clean else None),
+        "clean_cost_points_by_defense": ({d: round(100 * (clean - table["none"][d]), 2) for d in table["none"]}
+                                         if clean else None),
         "timings": harness.timings,
         "cell_seconds": {f"{c['attack']}|{c['defense']}": c["train_seconds"] + c["offline_seconds"]
                          for c in cells.values()},
@@ -392,7 +464,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="adaptive attacks (rows outside the means), comma list from " + ",".join(ADAPTIVE)
                         + "; '' for none")
     parser.add_argument("--defenses", default=",".join(DEFENSES), help="comma list from " + ",".join(DEFENSES))
-    parser.add_argument("--adaptive-defenses", default="none,compensation,eclipse",
+    parser.add_argument("--adaptive-defenses", default="none,compensation,eclipse-paper,eclipse",
                         help="defences the adaptive attacks are run against")
     parser.add_argument("--workdir", type=Path, default=None, help="cache dir (default bench-work/defense-<protocol>)")
     parser.add_argument("--out", type=Path, default=RESULTS)

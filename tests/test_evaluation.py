@@ -29,8 +29,9 @@ def test_grayscale_is_the_pil_luma(cifar_small):
 
 def test_defense_registry_names_and_missing_step(cifar_small):
     assert set(DEFENSES) == {"none", "jpeg10", "grayscale", "jpeg10+grayscale", "gaussian-noise", "purification",
-                             "compensation", "eclipse"}
+                             "compensation", "eclipse-paper", "eclipse"}
     assert DEFENSES["eclipse"].purifies and DEFENSES["eclipse"].augment.compensate
+    assert DEFENSES["eclipse"].offline[0] == "repair-outliers" and DEFENSES["eclipse-paper"].purifies
     assert DEFENSES["gaussian-noise"].augment.p_gray == 0.0
     with pytest.raises(KeyError, match="purify"):
         apply_offline(DEFENSES["eclipse"], cifar_small, offline_steps(purify=None))

@@ -203,8 +203,16 @@ def test_end_to_end_cli_on_cifar(tmp_path, capsys):
                  "40", "--eval-source", f"npz:{tmp_path / 'eval.npz'}", "--max-steps", "5", "--batch-size", "8",
                  "--t-max", "150", "--accelerator", "cpu", "--no-progress"]) == 0
     out, png = tmp_path / "pure.beton", tmp_path / "preview.png"
-    assert main(["purify", f"npz:{tmp_path / 'poisoned.npz'}", str(den), str(out), "--steps", "10", "--batch-size", "8",
-                 "--device", "cpu", "--preview", str(png), "--preview-count", "4", "--no-progress"]) == 0
+    # the default recipe's t*=400 needs a denoiser trained up to t=399: refused with the fix named, nothing written
+    try:
+        code = main(["purify", f"npz:{tmp_path / 'poisoned.npz'}", str(den), str(out), "--device", "cpu", "--no-progress"])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code != 0 and "--t-max 399" in capsys.readouterr().err
+    assert not out.exists() and not out.with_name(out.name + ".work").exists()
+    assert main(["purify", f"npz:{tmp_path / 'poisoned.npz'}", str(den), str(out), "--recipe", "paper", "--steps", "10",
+                 "--batch-size", "8", "--device", "cpu", "--preview", str(png), "--preview-count", "4",
+                 "--no-progress"]) == 0
     result = read_beton(out)
     with np.load(tmp_path / "poisoned.npz") as src:
         assert result.images.shape == src["images"].shape

@@ -21,6 +21,7 @@ import numpy as np
 from ..data.images import LabelledImages, as_labelled_images
 from ..data.sources import load_source
 from ..loading.config import AugmentConfig
+from ..recipes import get_recipe
 from ..loading.torch_loader import TorchEpochLoader
 
 Backend = Literal["auto", "ffcv", "torch"]
@@ -68,9 +69,11 @@ class EclipseDataModule(pl.LightningDataModule):
         eval_batch_size: val/test batch size (defaults to ``batch_size``).
         num_workers: loader threads (FFCV) / processes (torch); clamped to the cores.
         seed: base seed of the order, augmentation and compensation draws.
+        recipe: ``"default"`` or ``"paper"`` (`eclipse_loader.recipes`): the defaults of ``p_gray``,
+            ``sigma``, ``t_star``, ``purify_steps`` and ``repair_threshold`` when those are None.
         compensate: apply the corruption compensation to training batches.
-        p_gray: grayscale probability of the compensation (paper: 0.4).
-        sigma: Gaussian noise std in [0, 1] units (paper: 0.05).
+        p_gray: grayscale probability of the compensation (default recipe 0.2; paper 0.4).
+        sigma: Gaussian noise std in [0, 1] units (default recipe 0.03; paper 0.05).
         flip: random horizontal flips in training.
         translate_padding: random translation of up to this many pixels in training (paper: crop with padding 4).
         mean: per-channel mean in [0, 1] units to normalise with (None: images in [0, 1]).
@@ -79,8 +82,9 @@ class EclipseDataModule(pl.LightningDataModule):
         cache_dir: where betons derived from non-beton sources (and purified data) are written.
         purify: purify ``train`` with the denoiser in ``denoiser`` during ``prepare_data`` (cached).
         denoiser: directory of a denoiser saved by ``eclipse-loader train-denoiser``.
-        t_star: purification noise level as a diffusion timestep (None: sqrt(1 - abar) closest to 0.05).
-        purify_steps: reverse steps of the purification (None: the full chain).
+        t_star: purification noise level as a diffusion timestep (None: the recipe's, 400 or 100).
+        purify_steps: reverse steps of the purification (None: the recipe's; 0: the full chain).
+        repair_threshold: repair isolated outlier pixels before purifying (None: the recipe's; -1: off).
         purify_sampler: ``"ddpm"`` (stochastic, the paper's) or ``"ddim"`` (deterministic).
         purify_batch_size: batch size of the purification pass.
         purify_device: device of the purification pass (``"cpu"``, ``"cuda"``).
@@ -95,9 +99,10 @@ class EclipseDataModule(pl.LightningDataModule):
         eval_batch_size: Optional[int] = None,
         num_workers: Optional[int] = None,
         seed: int = 0,
+        recipe: str = "default",
         compensate: bool = True,
-        p_gray: float = 0.4,
-        sigma: float = 0.05,
+        p_gray: Optional[float] = None,
+        sigma: Optional[float] = None,
         flip: bool = True,
         translate_padding: int = 4,
         mean: Optional[tuple[float, float, float]] = None,
@@ -106,8 +111,9 @@ class EclipseDataModule(pl.LightningDataModule):
         cache_dir: str = "~/.cache/eclipse-loader",
         purify: bool = False,
         denoiser: Optional[str] = None,
-        t_star: Optional[int] = 100,
+        t_star: Optional[int] = None,
         purify_steps: Optional[int] = None,
+        repair_threshold: Optional[int] = None,
         purify_sampler: str = "ddpm",
         purify_batch_size: int = 256,
         purify_device: str = "cpu",
@@ -118,6 +124,9 @@ class EclipseDataModule(pl.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if purify and not denoiser:
             raise ValueError("purify=True needs denoiser=DIR (train one with `eclipse-loader train-denoiser`)")
+        self.recipe = get_recipe(recipe).with_overrides(t_star=t_star)
+        p_gray = self.recipe.p_gray if p_gray is None else p_gray
+        sigma = self.recipe.sigma if sigma is None else sigma
         self.augment = AugmentConfig(
             flip=flip, translate_padding=translate_padding, compensate=compensate, p_gray=p_gray, sigma=sigma,
             mean=None if mean is None else tuple(mean), std=None if std is None else tuple(std),
@@ -231,6 +240,17 @@ class EclipseDataModule(pl.LightningDataModule):
             raise FileNotFoundError(f"{path} is missing: prepare_data() must run before setup()")
         return path
 
+    def purify_config(self) -> "PurifyConfig":
+        """The purification settings: the recipe's, overridden by the explicit arguments."""
+        from ..purify.purifier import PurifyConfig
+
+        hp, recipe = self.hparams, self.recipe
+        steps = recipe.purify_steps if hp.purify_steps is None else (None if hp.purify_steps == 0 else hp.purify_steps)
+        repair = recipe.repair_threshold if hp.repair_threshold is None else (
+            None if hp.repair_threshold < 0 else hp.repair_threshold)
+        return PurifyConfig(t_star=recipe.t_star, steps=None if steps is None else min(steps, recipe.t_star),
+                            sampler=hp.purify_sampler, seed=hp.seed, repair_threshold=repair)
+
     def _purified_beton(self, data: LabelledImages, write: bool) -> Path:
         """The cached purified beton of ``data``; computed here when ``write`` (one process per node).
 
@@ -238,11 +258,9 @@ class EclipseDataModule(pl.LightningDataModule):
         local rank zero purifies while the other ranks poll the file system for the result, so no
         collective (whose timeout is 30 minutes by default) waits on a long purification.
         """
-        from ..purify.purifier import PurifyConfig
         from ..purify.run import cache_key, purify_dataset
 
-        config = PurifyConfig(t_star=self.hparams.t_star, steps=self.hparams.purify_steps,
-                              sampler=self.hparams.purify_sampler, seed=self.hparams.seed)
+        config = self.purify_config()
         key = cache_key(data, config, self.hparams.denoiser)
         path = self.cache_dir / "purified" / f"{key[:24]}.beton"
         failed = path.with_name(path.name + ".failed")

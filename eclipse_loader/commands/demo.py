@@ -17,6 +17,7 @@ from ..data.embedded import load_embedded
 from ..poisons.model_free import classwise_noise, classwise_patches
 from ..evaluation.victim import train_victim
 from ..loading.config import AugmentConfig
+from ..recipes import RECIPES, get_recipe
 from ..storage.beton import read_beton
 
 
@@ -29,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", default="small", help="denoiser preset (tiny, small, paper)")
     parser.add_argument("--denoiser-steps", type=int, default=300, help="denoiser training steps")
     parser.add_argument("--denoiser-lr", type=float, default=1e-3, help="denoiser learning rate")
-    parser.add_argument("--t-star", type=int, default=100, help="purification noise level (timestep of 4000)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="default",
+                        help="defence settings: 'default' (outlier repair, t*=400, 2 steps, mild compensation) or 'paper'")
+    parser.add_argument("--t-star", type=int, default=None, help="purification noise level (timestep of 4000; default: the recipe's)")
     parser.add_argument("--purify-steps", type=int, default=2, help="reverse steps of the purification (full chain: --t-star)")
     parser.add_argument("--epochs", type=int, default=12, help="victim training epochs")
     parser.add_argument("--epsilon", type=float, default=8 / 255, help="poison L-inf budget in [0,1] units")
@@ -55,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from ..purify.purifier import PurifyConfig
     from ..purify.run import purify_dataset
 
+    recipe = get_recipe(args.recipe).with_overrides(t_star=args.t_star)
+    args.t_star = recipe.t_star
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -64,18 +69,21 @@ def run(args: argparse.Namespace) -> int:
     print(f"embedded CIFAR-10 sample: {len(train)} train (poison: class-wise {args.poison}, L-inf {args.epsilon * 255:.0f}/255), "
           f"{len(trusted)} trusted clean, {len(test)} test")
 
-    denoiser = work / f"denoiser-{args.preset}-{args.denoiser_steps}"
+    t_max = max(recipe.denoiser_t_max, args.t_star - 1)
+    denoiser = work / f"denoiser-{args.preset}-{args.denoiser_steps}-t{t_max}"
     total = 4 + int(args.clean_reference) + 2 * int(args.ablation)
     start = _step(f"1/{total} train the {args.preset} denoiser on the {len(trusted)} trusted images ({args.denoiser_steps} steps)")
     if weights_path(denoiser).exists():
         print(f"reusing {denoiser}")
     else:
-        train_denoiser(trusted, args.preset, denoiser, max_steps=args.denoiser_steps, batch_size=32, lr=args.denoiser_lr, t_max=args.t_star,
+        train_denoiser(trusted, args.preset, denoiser, max_steps=args.denoiser_steps, batch_size=32, lr=args.denoiser_lr, t_max=t_max,
                        ema_decay=0.995, seed=args.seed, accelerator="cpu", progress=True)
     timings["denoiser_training_s"] = time.perf_counter() - start
 
     start = _step(f"2/{total} purify the poisoned set (t*={args.t_star}, {args.purify_steps} reverse steps)")
-    config = PurifyConfig(t_star=args.t_star, steps=args.purify_steps, seed=args.seed)
+    config = PurifyConfig(t_star=args.t_star, steps=min(args.purify_steps, args.t_star), seed=args.seed,
+                          repair_threshold=recipe.repair_threshold)
+    compensation = AugmentConfig(p_gray=recipe.p_gray, sigma=recipe.sigma)
     beton = purify_dataset(poisoned, denoiser, work / "purified.beton", config=config, batch_size=250, device="cpu")
     purified = read_beton(beton)
     timings["purification_s"] = time.perf_counter() - start
@@ -84,10 +92,10 @@ def run(args: argparse.Namespace) -> int:
 
     runs: list[tuple[str, Any, AugmentConfig]] = [
         ("no defence (poisoned data)", poisoned, AugmentConfig(compensate=False)),
-        ("ECLIPSE (purified + compensation)", purified, AugmentConfig()),
+        (f"ECLIPSE, {args.recipe} recipe (purified + compensation)", purified, compensation),
     ]
     if args.ablation:
-        runs.append(("compensation only (poisoned data)", poisoned, AugmentConfig()))
+        runs.append(("compensation only (poisoned data)", poisoned, compensation))
         runs.append(("purification only (no compensation)", purified, AugmentConfig(compensate=False)))
     if args.clean_reference:
         runs.append(("clean data, no defence (reference)", train, AugmentConfig(compensate=False)))

@@ -5,6 +5,7 @@ import argparse
 from typing import Union
 
 from ..data.sources import SOURCE_SPEC_HELP
+from ..recipes import RECIPES, get_recipe
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,21 +13,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "purify",
         help="noise every image to t* and denoise it back with a trained denoiser; write a beton",
         description=(
-            "ECLIPSE purification: each image is scaled to [-1,1], noised in one shot to t* (default: the step "
-            "whose noise std is 0.05, t*=100 of 4000) and denoised back to t=0 (full stochastic DDPM chain by "
-            "default), clipped and rounded to uint8. Sample i's noise depends only on (--seed, i), so results "
-            "do not depend on batch size. Resumable: rerun the same command after an interruption."
+            "ECLIPSE purification: isolated outlier pixels are repaired (default recipe), each image is scaled "
+            "to [-1,1], noised in one shot to t* (the recipe's: 400 of 4000 by default, 100 with --recipe paper) "
+            "and denoised back to t=0 (2 strided DDPM steps by default, the full chain with --recipe paper), "
+            "clipped and rounded to uint8. Sample i's noise depends only on (--seed, i), so results do not "
+            "depend on batch size. Resumable: rerun the same command after an interruption."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("source", help="the dataset to purify; " + SOURCE_SPEC_HELP)
     parser.add_argument("denoiser", help="denoiser directory written by `eclipse-loader train-denoiser`")
     parser.add_argument("output", help="the .beton file to write")
-    parser.add_argument("--t-star", type=int, default=None, help="forward steps t* (default: from --noise-std)")
-    parser.add_argument("--noise-std", type=float, default=0.05,
-                        help="forward noise std in [-1,1] units used to pick t* when --t-star is not given")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="default",
+                        help="defaults of the settings below: 'default' (outlier repair, t*=400, 2 steps) or "
+                             "'paper' (ECLIPSE as published: t*=100, full chain, no repair)")
+    parser.add_argument("--t-star", type=int, default=None, help="forward steps t* (default: the recipe's)")
+    parser.add_argument("--noise-std", type=float, default=None,
+                        help="forward noise std in [-1,1] units; picks t* instead of the recipe (not with --t-star)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="network calls on the way back (default: t*, the full chain); fewer = strided, faster")
+                        help="network calls on the way back (default: the recipe's; 0 = the full chain of t* calls)")
+    parser.add_argument("--repair-threshold", type=int, default=None,
+                        help="repair isolated outlier pixels beyond this many grey levels first (default: the recipe's)")
+    parser.add_argument("--no-repair", action="store_true", help="do not repair outlier pixels")
     parser.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm",
                         help="ddpm: stochastic ancestral (paper); ddim: deterministic eta=0")
     parser.add_argument("--seed", type=int, default=0, help="base seed of the per-sample noise")
@@ -43,8 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preview", default=None, metavar="PNG",
                         help="write a PNG grid of original / purified / compensated samples")
     parser.add_argument("--preview-count", type=int, default=8, help="columns of the preview grid")
-    parser.add_argument("--p-gray", type=float, default=0.4, help="compensation grayscale probability (preview only)")
-    parser.add_argument("--sigma", type=float, default=0.05, help="compensation noise std (preview only)")
+    parser.add_argument("--p-gray", type=float, default=None,
+                        help="compensation grayscale probability (preview only; default: the recipe's)")
+    parser.add_argument("--sigma", type=float, default=None, help="compensation noise std (preview only; default: the recipe's)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     dist = parser.add_argument_group(
         "distributed (Lightning Trainer.predict; any of these flags selects this path)",
@@ -88,14 +97,31 @@ def _devices(value: str) -> Union[int, str]:
     return devices
 
 
+def config_from_args(args: argparse.Namespace) -> "PurifyConfig":
+    """The PurifyConfig of the command line: the recipe's settings, overridden by explicit flags."""
+    from ..purify.purifier import DEFAULT_NOISE_STD, PurifyConfig
+
+    recipe = get_recipe(args.recipe)
+    if args.t_star is not None and args.noise_std is not None:
+        raise SystemExit("error: give --t-star or --noise-std, not both")
+    t_star = args.t_star if args.t_star is not None else (None if args.noise_std is not None else recipe.t_star)
+    steps = recipe.purify_steps if args.steps is None else (None if args.steps == 0 else args.steps)
+    if t_star is not None and steps is not None:
+        steps = min(steps, t_star)
+    repair = None if args.no_repair else (args.repair_threshold if args.repair_threshold is not None
+                                          else recipe.repair_threshold)
+    args.p_gray = recipe.p_gray if args.p_gray is None else args.p_gray
+    args.sigma = recipe.sigma if args.sigma is None else args.sigma
+    return PurifyConfig(t_star=t_star, noise_std=args.noise_std or DEFAULT_NOISE_STD, steps=steps,
+                        sampler=args.sampler, seed=args.seed, bf16=args.bf16, repair_threshold=repair)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data.sources import load_source
-    from ..purify.purifier import PurifyConfig
     from ..purify.run import purify_dataset
     from ..storage.beton import read_beton
 
-    config = PurifyConfig(t_star=args.t_star, noise_std=args.noise_std, steps=args.steps, sampler=args.sampler,
-                          seed=args.seed, bf16=args.bf16)
+    config = config_from_args(args)
     data = load_source(args.source)
     if _is_distributed(args):
         if args.device is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..data.sources import SOURCE_SPEC_HELP
-
+from ..recipes import RECIPES, get_recipe
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,12 +42,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images per step (paper recipe: 128)")
     parser.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate")
     parser.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay of the saved weights")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="default",
+                        help="purification recipe the denoiser serves: sets the default --t-max "
+                             "(default: t <= 399 for t*=400; paper: t <= 99 for t*=100)")
     parser.add_argument("--t-max", type=int, default=None,
-                        help="train only on timesteps t <= T_MAX (purification with t*=100 uses t <= 99)")
+                        help="train only on timesteps t <= T_MAX (default: the recipe's; -1: all 4000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of init, data order, noise and timesteps")
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
+
+
+def _t_max(args: argparse.Namespace) -> "int | None":
+    if args.t_max is None:
+        return get_recipe(args.recipe).denoiser_t_max
+    return None if args.t_max == -1 else args.t_max
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
           f"{f' (x{args.enlarge + 1} after enlargement)' if args.enlarge else ''}")
     out = train_denoiser(
         train_set, args.preset, args.output, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-        ema_decay=args.ema_decay, t_max=args.t_max, seed=args.seed, accelerator=args.accelerator,
+        ema_decay=args.ema_decay, t_max=_t_max(args), seed=args.seed, accelerator=args.accelerator,
         progress=not args.no_progress,
         metadata={"source": args.source, "sparse_indices": indices, "sparse_seed": args.sparse_seed,
                   "eval_source": args.eval_source, "enlarge_m": args.enlarge},

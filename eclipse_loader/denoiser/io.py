@@ -80,6 +80,19 @@ def load_metadata(denoiser_dir: PathLike) -> dict[str, Any]:
     return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
+def check_serves_t_star(denoiser_dir: PathLike, t_star: int) -> None:
+    """Raise ValueError when the denoiser was trained only on timesteps below ``t_star - 1``.
+
+    Purifying from a noise level the network never saw gives blurred, wrong-coloured images without
+    any error, so this is checked up front (``t_max`` of the saved metadata; none recorded: no check).
+    """
+    t_max = load_metadata(denoiser_dir).get("t_max")
+    if t_max is not None and int(t_max) < int(t_star) - 1:
+        raise ValueError(f"the denoiser in {denoiser_dir} was trained on timesteps t <= {t_max}, but purification "
+                         f"with t*={t_star} starts at t={t_star - 1}: retrain it with --t-max {t_star - 1} "
+                         f"(or higher), or purify with --t-star {int(t_max) + 1} or lower")
+
+
 def denoiser_hash(denoiser_dir: PathLike) -> str:
     """sha256 over the weights file bytes, the U-Net config and the scheduler config."""
     path = _check_dir(denoiser_dir)

@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.images import LabelledImages
-from ..denoiser.io import denoiser_hash, load_denoiser
+from ..denoiser.io import check_serves_t_star, denoiser_hash, load_denoiser
 from ..storage.beton import read_manifest
 from .purifier import Purifier, PurifyConfig
 from .run import cache_key
@@ -111,6 +111,7 @@ class PurificationModule(pl.LightningModule):
         unet, self._scheduler = load_denoiser(denoiser_dir, device="cpu")
         self.config, self.batch_size = config, int(batch_size)
         self.purifier = Purifier(unet, self._scheduler, config, device="cpu")  # validates; t_star for the manifest
+        check_serves_t_star(denoiser_dir, self.purifier.t_star)
         self.unet = unet  # a submodule, so Lightning moves it to this rank's device
 
     def on_predict_start(self) -> None:

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
+from .outliers import repair_isolated_pixels
+
 Sampler = Literal["ddpm", "ddim"]
 SAMPLERS = ("ddpm", "ddim")
 DEFAULT_NOISE_STD = 0.05
@@ -46,6 +48,9 @@ class PurifyConfig:
             timesteps) or ``"ddim"`` (deterministic, eta = 0, after the stochastic forward noise).
         seed: base seed of the per-sample noise.
         bf16: run the U-Net under bfloat16 autocast (CUDA only; ignored on CPU).
+        repair_threshold: repair isolated outlier pixels (more than this many grey levels outside
+            their 8 neighbours' range; see `eclipse_loader.purify.outliers`) before noising. ``None``: off.
+            Applies to the uint8 entry point `Purifier.purify`.
     """
 
     t_star: Optional[int] = None
@@ -54,6 +59,7 @@ class PurifyConfig:
     sampler: Sampler = "ddpm"
     seed: int = 0
     bf16: bool = False
+    repair_threshold: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.t_star is not None and (not _is_int(self.t_star) or self.t_star < 1):
@@ -70,10 +76,16 @@ class PurifyConfig:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if not isinstance(self.bf16, bool):
             raise ValueError(f"bf16 must be a bool, got {self.bf16!r}")
+        if self.repair_threshold is not None and (not _is_int(self.repair_threshold)
+                                                  or not 0 <= self.repair_threshold < 255):
+            raise ValueError(f"repair_threshold must be None or an integer in [0, 255), got {self.repair_threshold!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of the fields."""
-        return asdict(self)
+        """Plain JSON-able dict of the fields (``repair_threshold`` only when set, so older cache keys stay valid)."""
+        fields = asdict(self)
+        if fields["repair_threshold"] is None:
+            del fields["repair_threshold"]
+        return fields
 
 
 def _is_int(value: Any) -> bool:
@@ -249,4 +261,6 @@ class Purifier:
 
     def purify(self, images: np.ndarray, indices: Sequence[int]) -> np.ndarray:
         """Purify uint8 NHWC ``images`` (dataset positions ``indices``) to uint8 NHWC."""
+        if self.config.repair_threshold is not None:
+            images, _ = repair_isolated_pixels(images, self.config.repair_threshold)
         return to_uint8(self.purify_tensor(to_model_range(images), indices))

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.images import LabelledImages
-from ..denoiser.io import denoiser_hash, load_denoiser
+from ..denoiser.io import check_serves_t_star, denoiser_hash, load_denoiser
 from ..storage.beton import read_manifest, write_beton
 from .purifier import Purifier, PurifyConfig
 
@@ -143,11 +143,12 @@ def purify_dataset(
         if also_npz is not None and not Path(also_npz).is_file():
             raise FileNotFoundError(f"{out_beton} is cached but {also_npz} is missing; delete the beton to redo")
         return out_beton
-    work = Path(work_dir) if work_dir is not None else out_beton.with_name(out_beton.name + ".work")
-    chunk = _prepare_work_dir(work, key, len(data), int(chunk_size or max(batch_size, 1024)))
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     unet, scheduler = load_denoiser(denoiser_dir, device=device)
     purifier = Purifier(unet, scheduler, config, device=device)
+    check_serves_t_star(denoiser_dir, purifier.t_star)
+    work = Path(work_dir) if work_dir is not None else out_beton.with_name(out_beton.name + ".work")
+    chunk = _prepare_work_dir(work, key, len(data), int(chunk_size or max(batch_size, 1024)))
 
     ranges = _chunk_ranges(len(data), chunk)
     shape = data.image_shape
