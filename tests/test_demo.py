@@ -30,8 +30,8 @@ def test_demo_runs_end_to_end_with_tiny_settings(tmp_path, capsys):
             "--epochs", "1", "--no-clean-reference"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "no defence (poisoned data)" in out and "ECLIPSE (purified + compensation)" in out
+    assert "no defence (poisoned data)" in out and "ECLIPSE, default recipe (purified + compensation)" in out
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["accuracy"]) == {"no defence (poisoned data)", "ECLIPSE (purified + compensation)"}
+    assert set(results["accuracy"]) == {"no defence (poisoned data)", "ECLIPSE, default recipe (purified + compensation)"}
     assert all(0.0 <= a <= 1.0 for a in results["accuracy"].values())
     assert (tmp_path / "purified.beton").exists() and (tmp_path / "preview.png").exists()

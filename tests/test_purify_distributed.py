@@ -30,6 +30,9 @@ N, STEPS, BATCH, SHARD = 48, 10, 4, 8
 RUNNER = """
 import os, sys
 from eclipse_loader.purify import purifier
+from eclipse_loader.recipes import get_recipe
+recipe = get_recipe("default")  # what the CLI's purify uses unless told otherwise
+config = purifier.PurifyConfig(t_star=recipe.t_star, steps=%(steps)d, repair_threshold=recipe.repair_threshold)
 record = sys.argv[1]
 original = purifier.Purifier.purify
 def recording(self, images, indices):
@@ -41,13 +44,13 @@ if sys.argv[2] == "single":
     from eclipse_loader.data.sources import load_source
     from eclipse_loader.purify.run import purify_dataset
     src, den, beton, npz = sys.argv[3:7]
-    purify_dataset(load_source(src), den, beton, config=purifier.PurifyConfig(steps=%(steps)d), batch_size=16,
+    purify_dataset(load_source(src), den, beton, config=config, batch_size=%(batch)d,
                    progress=False, also_npz=npz)
 elif sys.argv[2] == "api":
     from eclipse_loader.data.sources import load_source
     from eclipse_loader.purify.distributed import purify_distributed
     src, den, beton, work, devices = sys.argv[3:8]
-    purify_distributed(load_source(src), den, beton, config=purifier.PurifyConfig(steps=%(steps)d), work_dir=work,
+    purify_distributed(load_source(src), den, beton, config=config, work_dir=work,
                        batch_size=%(batch)d, accelerator="cpu", devices=int(devices), strategy="ddp",
                        progress=False, assemble=False)
 else:

@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "distributed (Lightning Trainer.predict; any of these flags selects this path)",
         "Every process of a torchrun/srun launch runs the same command. Ranks write index-keyed shards to "
         "--work-dir (default OUTPUT.shards; --chunk-size images each, default --batch-size); global rank 0 "
-        "then assembles the beton, byte-identical to the single-process result. A rerun, at any world size, "
+        "then assembles the beton, byte-identical to the single-process result at the same --batch-size. A rerun, at any world size, "
         "computes only the missing shards.",
     )
     dist.add_argument("--devices", default=argparse.SUPPRESS,

@@ -12,7 +12,8 @@ This is the Lightning adapter around the framework-free `Purifier` and `shards` 
 * `purify_distributed`: runs the above; global rank 0 then assembles the beton in index order
   (`assemble_beton`), refusing unless every index is present exactly once.
 
-Sample ``i``'s noise depends only on ``(seed, i)``, so the result is byte-identical to `purify_dataset`.
+Sample ``i``'s noise depends only on ``(seed, i)``, so at equal batch size the result is byte-identical to
+`purify_dataset`'s.
 """
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ class PurificationModule(pl.LightningModule):
     Args:
         denoiser_dir: a directory written by `save_denoiser`.
         config: purification settings.
-        batch_size: images per U-Net call (does not change the result).
+        batch_size: images per U-Net call (keep it equal to compare with another run byte for byte).
     """
 
     def __init__(self, denoiser_dir: PathLike, config: PurifyConfig, batch_size: int) -> None:
@@ -183,7 +184,7 @@ def purify_distributed(
     Every rank (each process of a ``torchrun``/``srun`` launch, or the ones Lightning starts) calls
     this with the same arguments. Ranks write shards of fixed index blocks into ``work_dir``; a rerun
     with the same inputs, at any world size, computes only the missing blocks. Global rank 0 then
-    writes ``out_beton`` (byte-identical to `purify_dataset`'s) and deletes the shards unless
+    writes ``out_beton`` (byte-identical to `purify_dataset`'s at equal batch size) and deletes the shards unless
     ``keep_work``. If ``out_beton`` already holds this job's cache key, nothing is done.
 
     Args:

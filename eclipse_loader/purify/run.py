@@ -120,7 +120,8 @@ def purify_dataset(
             and the cache key.
         config: purification settings.
         work_dir: where chunks are kept (default ``<out_beton>.work`` next to the output).
-        batch_size: images per U-Net call (does not change the result).
+        batch_size: images per U-Net call. The result is reproducible for a fixed batch size and
+            device; across batch sizes, CPU convolution kernels can flip a rare pixel by one grey level.
         chunk_size: images per saved chunk (default ``max(batch_size, 1024)``; fixed by the first run).
         device: ``"cpu"``, ``"cuda"``... (default: CUDA if available, else CPU).
         progress: show a progress bar (images/s).
