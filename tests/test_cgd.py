@@ -113,6 +113,23 @@ def test_finetune_rolls_back_on_a_validation_drop():
     assert len(history) == 3 and not any(h.get("rolled_back") for h in history)
 
 
+def test_finetune_feeds_only_full_batches():
+    # the oversampled order does not fill its last batch, and that tail must not be trained on
+    data, val = toy(81), toy(40, seed=1)
+    model = linear_model()
+    sizes: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])) if module.training else None)
+    scores = scores_from(np.full(len(data), 0.5), np.full(len(data), 0.5))
+    cgd_finetune(model, data, scores, val, CGDConfig(lr=0.01, epochs=1, batch_size=16), augment=False)
+    n = len(oversampled_indices(scores, data.labels, 0))
+    assert n % 16 != 0 and sizes == [16] * (n // 16)
+    sizes.clear()
+    small, small_scores = toy(10), scores_from(np.full(10, 0.5), np.full(10, 0.5))
+    cgd_finetune(model, small, small_scores, val, CGDConfig(lr=0.01, epochs=1, batch_size=16), augment=False)
+    n = len(oversampled_indices(small_scores, small.labels, 0))
+    assert n < 16 and sizes == [n]  # fewer samples than one batch: one batch of all of them
+
+
 def test_lightning_module_and_rollback_callback(tmp_path):
     import lightning as L
 

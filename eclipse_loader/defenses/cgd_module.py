@@ -1,7 +1,7 @@
 """Lightning glue for CGD's stage 2: the guided fine-tuning loss as a module, the roll-back as a callback.
 
     scores = score_dataset(train, guide, suspicious_factory=quick_cnn)
-    loader = DataLoader(ScoredDataset(train, scores), batch_size=256,
+    loader = DataLoader(ScoredDataset(train, scores), batch_size=256, drop_last=True,  # see cgd_finetune
                         sampler=SubsetRandomSampler(oversampled_indices(scores, train.labels)))
     trainer = L.Trainer(max_epochs=10, limit_train_batches=200, callbacks=[CGDRollback(val_split)])
     trainer.fit(CGDModule(backdoored_model), loader)
