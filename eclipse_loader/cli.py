@@ -29,9 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from .purify.run import WorkDirMismatchError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as error:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, WorkDirMismatchError) as error:  # bad input: one clear line, no traceback
         print(f"eclipse-loader {args.command}: error: {error}", file=sys.stderr)
         return 2
 

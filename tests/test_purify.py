@@ -212,7 +212,13 @@ def test_end_to_end_cli_on_cifar(tmp_path, capsys):
     assert not out.exists() and not out.with_name(out.name + ".work").exists()
     assert main(["purify", f"npz:{tmp_path / 'poisoned.npz'}", str(den), str(out), "--recipe", "paper", "--steps", "10",
                  "--batch-size", "8", "--device", "cpu", "--preview", str(png), "--preview-count", "4",
-                 "--no-progress"]) == 0
+                 "--work-dir", str(tmp_path / "work"), "--keep-work", "--no-progress"]) == 0
+    # another job into the kept work dir: one clear line naming the problem, the kept chunks untouched
+    kept = sorted((tmp_path / "work").iterdir())
+    assert main(["purify", f"npz:{tmp_path / 'poisoned.npz'}", str(den), str(tmp_path / "other.beton"), "--recipe",
+                 "paper", "--steps", "5", "--device", "cpu", "--work-dir", str(tmp_path / "work"), "--no-progress"]) == 2
+    assert "holds" in capsys.readouterr().err and sorted((tmp_path / "work").iterdir()) == kept
+    assert not (tmp_path / "other.beton").exists()
     result = read_beton(out)
     with np.load(tmp_path / "poisoned.npz") as src:
         assert result.images.shape == src["images"].shape
