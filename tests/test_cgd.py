@@ -160,3 +160,39 @@ def test_clip_needs_open_clip_or_local_weights(tmp_path):
     else:
         with pytest.raises(FileNotFoundError, match="placed locally"):
             clip_zero_shot_logits(np.zeros((1, 32, 32, 3), np.uint8), ["cat"], tmp_path / "none.bin")
+
+
+TINY_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "patch_size": 32,
+                                            "head_width": 16},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+def test_clip_zero_shot_logits_are_raw_cosines_of_the_local_checkpoint(tmp_path, cifar):
+    open_clip = pytest.importorskip("open_clip", reason="the [clip] extra (open-clip-torch) is not installed")
+    import json
+
+    from PIL import Image
+
+    (tmp_path / "tiny-test-clip.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(tmp_path / "tiny-test-clip.json")
+    torch.manual_seed(0)
+    reference = open_clip.create_model("tiny-test-clip")
+    torch.save(reference.state_dict(), tmp_path / "clip.pt")
+    images, names = cifar["test_x"][:6], ["airplane", "automobile", "bird"]
+    logits = clip_zero_shot_logits(images, names, tmp_path / "clip.pt", architecture="tiny-test-clip", batch_size=4)
+    assert logits.shape == (6, 3) and np.abs(logits).max() <= 1.0 + 1e-5  # cosines, no logit scale
+
+    # the same numbers by hand from the saved weights: a randomly initialised model would give others
+    _, _, preprocess = open_clip.create_model_and_transforms("tiny-test-clip")
+    reference.eval()
+    with torch.no_grad():
+        text = reference.encode_text(open_clip.get_tokenizer("tiny-test-clip")([f"a photo of a {c}" for c in names]))
+        x = torch.stack([preprocess(Image.fromarray(im)) for im in images])
+        expected = F.normalize(reference.encode_image(x), dim=-1) @ F.normalize(text, dim=-1).T
+    np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-4, atol=1e-5)
+    torch.manual_seed(1)
+    other = open_clip.create_model("tiny-test-clip").eval()
+    with torch.no_grad():
+        assert not np.allclose(logits, (F.normalize(other.encode_image(x), dim=-1)
+                                        @ F.normalize(other.encode_text(open_clip.get_tokenizer("tiny-test-clip")(
+                                            [f"a photo of a {c}" for c in names])), dim=-1).T).numpy(), atol=1e-3)
