@@ -189,3 +189,51 @@ def test_lightning_callback_shrinks_the_epoch(tmp_path):
     assert [h["epoch"] for h in callback.history] == [1]
     assert module.seen[0] == n
     assert 0 < callback.history[0]["newly_dropped"] and module.seen[1] == module.seen[2] == len(sampler) < n
+
+    # a loader that does not draw from the callback's sampler is refused with the fix named
+    other = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=True)
+    trainer = L.Trainer(max_epochs=1, callbacks=[EpicCallback(data, EpicSampler(n))], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu", default_root_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="use_distributed_sampler=False"):
+        trainer.fit(Module(), other)
+
+
+def test_sampler_shards_the_active_examples_over_ranks():
+    shards = [EpicSampler(11, seed=2, num_replicas=3, rank=r) for r in range(3)]
+    keep = np.ones(11, bool)
+    keep[[0, 4]] = False
+    for s in shards:
+        s.drop(keep)
+        s.set_epoch(5)
+    seen = [list(s) for s in shards]
+    assert [len(s) for s in shards] == [3, 3, 3] and all(len(v) == 3 for v in seen)  # ceil(9 / 3)
+    assert sorted(sum(seen, [])) == sorted(np.flatnonzero(keep).tolist())
+    single = EpicSampler(11, seed=2)
+    single.drop(keep)
+    single.set_epoch(5)
+    assert sum((list(v) for v in zip(*seen)), []) == list(single)  # the same permutation, dealt out
+    with pytest.raises(ValueError, match="rank"):
+        EpicSampler(4, num_replicas=2, rank=2)
+
+
+def test_callback_under_two_process_ddp_keeps_the_ranks_masks_equal(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("epic_ddp_script.py")
+    result = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["active"] == ranks[1]["active"] and ranks[0]["history"] == ranks[1]["history"]
+    assert [h["epoch"] for h in ranks[0]["history"]] == [1, 2]
+    active = set(np.flatnonzero(ranks[0]["active"]).tolist())
+    assert 0 < len(active) < 61
+    a, b = (set(r["seen"]["0"]) for r in ranks)
+    assert a | b == set(range(61)) and len(a & b) <= 1  # epoch 0: all examples, one wrapped around
+    for epoch in ("2", "3"):  # after the selections: only the surviving examples, split between the ranks
+        a, b = (r["seen"][epoch] for r in ranks)
+        assert set(a) | set(b) == active and len(a) == len(b) == -(-len(active) // 2)

@@ -234,17 +234,29 @@ class EpicSampler(torch.utils.data.Sampler[int]):
     """Yields the active examples, shuffled with ``default_rng(seed + epoch)``; the mask only shrinks.
 
     Lives in the main process, so it works with persistent workers. Call ``set_epoch`` every epoch
-    (Lightning does it for a loader's ``sampler``).
+    (Lightning does it for a loader's ``sampler``). Under data parallelism (``num_replicas`` > 1, or
+    `set_distributed`), every rank draws the same permutation and takes every ``num_replicas``-th
+    index from position ``rank``, the list wrapped around so that all ranks get
+    ``ceil(active / num_replicas)`` indices (as ``DistributedSampler`` does); the ranks' masks must be
+    kept equal (`EpicCallback` does).
     """
 
-    def __init__(self, num_examples: int, *, shuffle: bool = True, seed: int = 0) -> None:
+    def __init__(self, num_examples: int, *, shuffle: bool = True, seed: int = 0, num_replicas: int = 1,
+                 rank: int = 0) -> None:
         if num_examples < 1:
             raise ValueError(f"num_examples must be positive, got {num_examples}")
         self.active = np.ones(int(num_examples), dtype=bool)
         self.shuffle, self.seed, self.epoch = shuffle, int(seed), 0
+        self.set_distributed(num_replicas, rank)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def set_distributed(self, num_replicas: int, rank: int) -> None:
+        """Shard the active examples over ``num_replicas`` ranks; this process is ``rank``."""
+        if int(num_replicas) < 1 or not 0 <= int(rank) < int(num_replicas):
+            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas} and {rank}")
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
 
     def drop(self, keep: np.ndarray) -> int:
         """``active &= keep`` (drops are permanent); returns how many were newly dropped."""
@@ -259,10 +271,12 @@ class EpicSampler(torch.utils.data.Sampler[int]):
         idx = np.flatnonzero(self.active)
         if self.shuffle:
             idx = np.random.default_rng(self.seed + self.epoch).permutation(idx)
+        if self.num_replicas > 1:
+            idx = np.resize(idx, len(self) * self.num_replicas)[self.rank::self.num_replicas]
         return iter(idx.tolist())
 
     def __len__(self) -> int:
-        return int(self.active.sum())
+        return -(-int(self.active.sum()) // self.num_replicas)
 
     def state_dict(self) -> dict:
         return {"active": self.active.copy(), "epoch": self.epoch}

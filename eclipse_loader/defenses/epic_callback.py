@@ -8,7 +8,9 @@ Use it with a training loader built on the same `EpicSampler`::
                         use_distributed_sampler=False)
 
 The sampler's mask is changed in ``on_train_epoch_start``, before Lightning iterates the loader, so no
-dataloader reload is needed. Single-process only (the mask is not synchronised across ranks).
+dataloader reload is needed. Under DDP (``use_distributed_sampler=False`` is then required, so that
+Lightning leaves the sampler alone) the callback shards the sampler over the ranks; global rank 0 runs
+the selection and broadcasts the new mask and its record, so every rank drops the same examples.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any, Optional
 
 import lightning.pytorch as pl
 import numpy as np
+from torch.utils.data import DataLoader
 
 from ..data.images import LabelledImages
 from ..loading.config import AugmentConfig
@@ -43,13 +46,38 @@ class EpicCallback(pl.Callback):
         """One record per selection: epoch, isolated, newly_dropped, active (and poison recall)."""
         return self.selector.history
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.selector.sampler.set_distributed(trainer.world_size, trainer.global_rank)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.world_size > 1:
-            raise RuntimeError("EpicCallback is single-process: its sampler mask is not synchronised across ranks")
-        if self.selector.maybe_select(trainer.current_epoch, pl_module) is not None:
-            record = self.selector.history[-1]
-            pl_module.log_dict({f"epic/{k}": float(v) for k, v in record.items() if k != "epoch"},
-                               on_epoch=True, rank_zero_only=True)
+        self._check_loader(trainer)
+        epoch = trainer.current_epoch
+        if not self.selector.schedule.fires(epoch):
+            return
+        if trainer.world_size == 1:
+            self.selector.maybe_select(epoch, pl_module)
+        else:
+            state = None
+            if trainer.is_global_zero:
+                self.selector.maybe_select(epoch, pl_module)
+                state = (self.selector.sampler.active.copy(), self.selector.history[-1])
+            active, record = trainer.strategy.broadcast(state, src=0)
+            if not trainer.is_global_zero:
+                self.selector.sampler.drop(active)
+                self.selector.history.append(record)
+        record = self.selector.history[-1]
+        pl_module.log_dict({f"epic/{k}": float(v) for k, v in record.items() if k != "epoch"},
+                           on_epoch=True, rank_zero_only=True)
+
+    def _check_loader(self, trainer: pl.Trainer) -> None:
+        loader = trainer.train_dataloader
+        if not isinstance(loader, DataLoader):
+            return
+        sampler = self.selector.sampler
+        if loader.sampler is not sampler and getattr(loader.batch_sampler, "sampler", None) is not sampler:
+            raise RuntimeError("the training loader does not draw from this EpicCallback's EpicSampler; pass "
+                               "DataLoader(..., sampler=sampler) and, under DDP, Trainer(use_distributed_sampler=False) "
+                               "so that Lightning does not replace it")
 
     def state_dict(self) -> dict[str, Any]:
         return {"sampler": self.selector.sampler.state_dict(), "history": list(self.selector.history)}
