@@ -177,3 +177,54 @@ def test_sanitised_set_is_written_as_a_beton(tmp_path):
     back = read_beton(path, num_classes=10)
     np.testing.assert_array_equal(back.labels, true)
     assert read_manifest(path)["metadata"]["defense"] == "dataelixir"
+
+
+class Brightness(Suspicious):
+    """A benign model: the class encoded by brightness, blind to the patch (optionally one fixed class)."""
+
+    def __init__(self, fixed=None):
+        super().__init__()
+        self.fixed = fixed
+
+    def forward(self, x):
+        body = (x * 255)[:, :, :24, :24].mean((1, 2, 3))
+        cls = ((body - 15) / 20).round().clamp(0, 9).long() if self.fixed is None else torch.full_like(body, self.fixed).long()
+        return self.head(torch.nn.functional.one_hot(cls, 10).float() * 5)
+
+
+def test_stage2_finetunes_on_the_consensus_samples_and_the_finetuned_model_relabels(monkeypatch):
+    import dataclasses
+
+    from eclipse_loader.defenses import dataelixir
+    from eclipse_loader.defenses.elixir_analysis import CASE_C
+
+    data, true, poison_idx = constructed_poison()
+    real = dataelixir.classify_transitions
+
+    def poisons_ambiguous(labels, tau):  # make the four poisons "ambiguous" so stages 1 and 2 handle them
+        t = real(labels, tau)
+        cases = t.cases.copy()
+        cases[poison_idx] = CASE_C
+        return dataclasses.replace(t, cases=cases)
+
+    monkeypatch.setattr(dataelixir, "classify_transitions", poisons_ambiguous)
+    trained, tuned = [], []
+
+    def train_fn(d):
+        trained.append(len(d))
+        return Brightness()
+
+    def finetune_fn(model, d):
+        tuned.append((model, d))
+        return Brightness(fixed=9)  # a recognisable "fine-tuned" model
+
+    config = dataelixir.ElixirConfig(rounds=2, intermediaries=2, tau=2, batch_size=32)
+    result = dataelixir.sanitize(data, tiny_purifier(), Suspicious(), config, train_fn=train_fn, finetune_fn=finetune_fn)
+    assert trained == [60 - 4]  # stage 1: the sanitised rest only
+    (model, d), = tuned
+    assert isinstance(model, Brightness) and model.fixed is None and len(d) == 60  # rest + 4 consensus samples
+    np.testing.assert_array_equal(d.labels[-4:], true[poison_idx])  # consensus samples carry the majority label
+    assert result.consensus.tolist() == poison_idx.tolist() and result.model.fixed == 9
+    assert (result.data.labels[poison_idx] == 9).all()  # the fine-tuned model did the final relabelling
+    with pytest.raises(ValueError, match="train_fn"):
+        dataelixir.sanitize(data, tiny_purifier(), Suspicious(), config, finetune_fn=finetune_fn)

@@ -8,13 +8,16 @@
    the target class(es) by MAD.
 3. Samples of a target class with a clean transition get a purified image (SSIM + feature distance,
    80th percentile, `similarity.select_candidate`) and the intermediaries' label; ambiguous ones are
-   relabelled by a benign model trained on the sanitised rest (``train_fn``), or dropped.
+   relabelled by a benign model trained on the sanitised rest (``train_fn``), or dropped. With
+   ``finetune_fn`` (stage 2 of the original), the benign model is first fine-tuned on the sanitised
+   rest plus the *consensus* ambiguous samples (benign label of the original = majority label), and
+   the fine-tuned model relabels; it is returned as ``ElixirResult.model`` (the original's defended model).
 4. `ElixirResult.write_beton` writes the sanitised set with a manifest.
 
 Deviations from the released code, deliberately: intermediaries are the clean estimates x0_hat of the
 last steps (with a strided CPU chain the intermediate *states* still carry visible noise; the last
-one equals the round's output, as in the original); the benign model of stage 1 relabels the
-suspicious samples directly (no stage-2 fine-tune); target detection is one-sided with empty pools
+one equals the round's output, as in the original); without ``finetune_fn`` the benign model of
+stage 1 relabels the suspicious samples directly (stage 2 skipped); target detection is one-sided with empty pools
 guarded; features are the classifier's penultimate layer (input of its last ``nn.Linear``).
 """
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .elixir_analysis import CASE_A, CASE_B, CASE_C, TargetDetection, classify_t
 from .similarity import select_candidate
 
 TrainFn = Callable[[LabelledImages], nn.Module]
+FinetuneFn = Callable[[nn.Module, LabelledImages], nn.Module]
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,8 @@ class ElixirResult:
     relabelled: np.ndarray
     dropped: np.ndarray
     config: ElixirConfig = field(default_factory=ElixirConfig)
+    model: Optional[nn.Module] = field(default=None, repr=False, compare=False)
+    consensus: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def summary(self, poison_mask: Optional[np.ndarray] = None) -> dict[str, Any]:
         """Counts, targets, and (given the ground truth) TPR/FPR of "label changed or dropped"."""
@@ -164,7 +170,7 @@ class ElixirResult:
             "cases": {"A": int((self.cases == CASE_A).sum()), "B": int((self.cases == CASE_B).sum()),
                       "C": int((self.cases == CASE_C).sum())},
             "replaced": len(self.replaced), "relabelled": len(self.relabelled), "dropped": len(self.dropped),
-            "kept": len(self.data)}
+            "consensus": len(self.consensus), "kept": len(self.data)}
         if poison_mask is not None:
             poison = np.asarray(poison_mask, dtype=bool)
             flagged = np.zeros_like(poison)
@@ -189,6 +195,7 @@ def sanitize(
     config: ElixirConfig = ElixirConfig(),
     *,
     train_fn: Optional[TrainFn] = None,
+    finetune_fn: Optional[FinetuneFn] = None,
     log: Optional[Callable[[str], None]] = None,
 ) -> ElixirResult:
     """Run DataElixir on ``data`` (see the module docstring).
@@ -200,6 +207,9 @@ def sanitize(
         config: `ElixirConfig`.
         train_fn: trains a benign model on a `LabelledImages`; without it, ambiguous target-class
             samples are dropped.
+        finetune_fn: stage 2: ``finetune_fn(benign_model, data)`` fine-tunes the stage-1 benign model on
+            the sanitised rest plus the consensus samples and returns it (original: lr 0.002, cosine,
+            100 epochs); needs ``train_fn``. That model then relabels and is returned as ``result.model``.
         log: optional progress callback.
     """
     n, k = len(data), config.num_candidates
@@ -231,9 +241,16 @@ def sanitize(
         new_labels[i] = trans.majority[i]
     ambiguous = np.flatnonzero(in_target & (trans.cases == CASE_C))
     drop[ambiguous] = True
+    if finetune_fn is not None and train_fn is None:
+        raise ValueError("finetune_fn (stage 2) fine-tunes the benign model of train_fn: give train_fn too")
+    benign: Optional[nn.Module] = None
+    consensus = np.zeros(0, dtype=np.int64)
     if train_fn is not None and len(ambiguous):
         rest = np.flatnonzero(~drop)
         benign = train_fn(LabelledImages(images[rest], new_labels[rest], data.num_classes))
+        if finetune_fn is not None:
+            benign, consensus = _stage2(benign, finetune_fn, ambiguous, stored, trans.majority, pick,
+                                        LabelledImages(images[rest], new_labels[rest], data.num_classes))
         for i in ambiguous:
             cand_labels, _ = classify(benign, stored[int(i)])
             label = int(cand_labels[0])
@@ -246,7 +263,27 @@ def sanitize(
     replaced = np.flatnonzero((images != data.images).any((1, 2, 3)) & ~drop)
     relabelled = np.flatnonzero((new_labels != data.labels) & ~drop)
     result = ElixirResult(LabelledImages(images[keep], new_labels[keep], data.num_classes), keep, detection,
-                          trans.cases, replaced, relabelled, np.flatnonzero(drop), config)
+                          trans.cases, replaced, relabelled, np.flatnonzero(drop), config, benign, consensus)
     if log is not None:
         log(f"dataelixir: {result.summary()}")
     return result
+
+
+def _stage2(benign: nn.Module, finetune_fn: FinetuneFn, ambiguous: np.ndarray, stored: dict[int, np.ndarray],
+            majority: np.ndarray, pick: Callable[[int, np.ndarray], np.ndarray],
+            rest: LabelledImages) -> tuple[nn.Module, np.ndarray]:
+    """Fine-tune ``benign`` on ``rest`` plus the consensus samples; returns the model and their indices."""
+    chosen, labels, consensus = [], [], []
+    for i in ambiguous:
+        cand_labels, _ = classify(benign, stored[int(i)])
+        if cand_labels[0] != majority[i]:
+            continue
+        mask = cand_labels == majority[i]  # the original and the intermediaries the benign model agrees on
+        chosen.append(pick(int(i), mask))
+        labels.append(int(majority[i]))
+        consensus.append(int(i))
+    if consensus:
+        rest = LabelledImages(np.concatenate([rest.images, np.stack(chosen)]),
+                              np.concatenate([rest.labels, np.asarray(labels, dtype=rest.labels.dtype)]),
+                              rest.num_classes)
+    return finetune_fn(benign, rest), np.asarray(consensus, dtype=np.int64)
