@@ -143,7 +143,7 @@ def run_cgd(args, poisoned, sparse, val, backdoored, recipe) -> tuple[torch.nn.M
         scores = score_dataset(poisoned.data, guide, suspicious_factory=quick_cnn, num_suspicious=3, epochs=5,
                                seed=args.seed, log=log)
         scores.save(cache)
-    config = CGDConfig(tolerance=args.cgd_tolerance)
+    config = CGDConfig(tolerance=args.cgd_tolerance, epochs=args.cgd_epochs)
     model, history = cgd_finetune(backdoored, poisoned.data, scores, val, config, seed=args.seed, log=log)
     pm = poisoned.poison_mask
     info = {"config": config.__dict__, "seconds": round(time.perf_counter() - start, 1), "history": history,
@@ -167,6 +167,8 @@ def main() -> None:
     p.add_argument("--elixir-steps", type=int, default=2, help="reverse steps per round (all kept as intermediaries)")
     p.add_argument("--elixir-tau", type=int, default=2)
     p.add_argument("--cgd-tolerance", type=float, default=1.0, help="roll-back drop in points (100: never)")
+    p.add_argument("--cgd-epochs", type=int, default=10,
+                   help="fine-tuning epochs (10 as released; at most 200 iterations each, ~21 on this 5k set)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is much faster on a contended CPU)")
     p.add_argument("--beton", action="store_true", help="also write the sanitised beton (DataElixir)")
     p.add_argument("--workdir", type=Path, default=Path("bench-work/backdoor"))
@@ -184,7 +186,10 @@ def main() -> None:
     poisoned = poison_dataset(train, trigger, target=0, ratio=0.1, clean_label=clean_label, seed=args.seed)
     backdoored = cached_model(args.workdir / f"{args.attack}-none-e{args.epochs}.pt", lambda: train_classifier(
         poisoned.data, CROP_FLIP, recipe=recipe, seed=args.seed, model_factory=quick_cnn))
-    defense = args.defense if args.defense != "cgd" or args.cgd_tolerance == 1.0 else f"cgd-tol{args.cgd_tolerance:g}"
+    defense = args.defense
+    if args.defense == "cgd":
+        defense += (f"-tol{args.cgd_tolerance:g}" if args.cgd_tolerance != 1.0 else "") + (
+            f"-e{args.cgd_epochs}" if args.cgd_epochs != 10 else "")
     row: dict[str, Any] = {"attack": args.attack, "defense": defense, "epochs": args.epochs,
                            "no_defense": {"clean_accuracy": evaluate(backdoored, test),
                                           "attack_success_rate": attack_success_rate(backdoored, test, trigger, 0)}}
