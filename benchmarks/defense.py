@@ -168,11 +168,16 @@ def cached(path: Path, make: Callable[[], LabelledImages],
 
 
 class Harness:
-    def __init__(self, protocol: Protocol, workdir: Path, device: str, seed: int, splits: Optional[Path] = None) -> None:
+    def __init__(self, protocol: Protocol, workdir: Path, device: str, seed: int, splits: Optional[Path] = None,
+                 victim_seed: Optional[int] = None) -> None:
         self.protocol, self.workdir, self.device, self.seed = protocol, workdir, device, seed
+        # the victims' own seed (initialisation, batch order, augmentation draws); data, poisons and
+        # purification stay on ``seed``, so another victim seed measures training noise alone
+        self.victim_seed = seed if victim_seed is None else int(victim_seed)
         self.train, self.sparse, self.test = load_splits(protocol, seed, splits)
         workdir.mkdir(parents=True, exist_ok=True)
-        self.cells_path = workdir / "cells.jsonl"
+        self.cells_path = workdir / ("cells.jsonl" if self.victim_seed == seed
+                                     else f"cells-victim-seed{self.victim_seed}.jsonl")
         self.cells = self._load_cells()
         self.timings_path = workdir / "timings.json"
         self.timings: dict[str, float] = json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
@@ -345,11 +350,12 @@ class Harness:
         steps = offline_steps(purify=lambda d: self.purify(attack, d, defense.purify, after))
         defended = apply_offline(defense, data, steps)
         offline_s = time.perf_counter() - start
-        result = train_victim(defended, self.test, defense.augment, recipe=self.protocol.recipe, seed=self.seed,
-                              model_factory=self._victim_factory(self.protocol.victim), device=self.device)
+        result = train_victim(defended, self.test, defense.augment, recipe=self.protocol.recipe,
+                              seed=self.victim_seed, model_factory=self._victim_factory(self.protocol.victim),
+                              device=self.device)
         record = {"attack": attack, "defense": defense.name, "accuracy": result.test_accuracy,
                   "train_seconds": round(result.train_seconds, 1), "offline_seconds": round(offline_s, 1),
-                  "seed": self.seed, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "seed": self.seed, "victim_seed": self.victim_seed, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "load_avg_1min": round(os.getloadavg()[0], 2)}
         with open(self.cells_path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -381,6 +387,7 @@ def summarise(harness: Harness, attacks: list[str], adaptive: list[str], defense
         "adaptive": {a: row(a) for a in adaptive},
         "attacks_in_means": attacks,
         "defenses": {d: DEFENSES[d].description for d in defenses},
+        "victim_seed": harness.victim_seed,
         "settings": {**asdict(harness.protocol), "seed": harness.seed, "train_images": len(harness.train),
                      "sparse_images": len(harness.sparse), "test_images": len(harness.test)},
         "purification_gflop_per_image": harness.purification_gflop_per_image(),
@@ -401,7 +408,9 @@ def summarise(harness: Harness, attacks: list[str], adaptive: list[str], defense
 
 def write_outputs(result: dict[str, Any], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"defense-{result['protocol']}-{result['date']}"
+    suffix = "" if result.get("victim_seed", result["settings"]["seed"]) == result["settings"]["seed"] \
+        else f"-victim-seed{result['victim_seed']}"
+    stem = out_dir / f"defense-{result['protocol']}-{result['date']}{suffix}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown_table(result))
     try:
@@ -470,6 +479,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--victim-seed", type=int, default=None,
+                        help="seed of the victims alone (default: --seed); data, poisons and purification keep "
+                             "--seed, so the cached poisons and purified sets are reused; own cells file and outputs")
     parser.add_argument("--report-only", action="store_true",
                         help="write the JSON/markdown/plot from the cells already in --workdir; run nothing")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -493,7 +505,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if unknown:
             raise SystemExit(f"unknown {name}(s) {unknown}; choose from {list(known)}")
     started = time.perf_counter()
-    harness = Harness(protocol, args.workdir or Path("bench-work") / f"defense-{protocol.name}", args.device, args.seed)
+    harness = Harness(protocol, args.workdir or Path("bench-work") / f"defense-{protocol.name}", args.device, args.seed,
+                      victim_seed=args.victim_seed)
     log(f"protocol {protocol.name}: {len(harness.train)} training, {len(harness.sparse)} sparse, "
         f"{len(harness.test)} test images; {len(harness.cells)} cells already done")
     adaptive_defenses = [d for d in args.adaptive_defenses.split(",") if d in defenses]

@@ -9,10 +9,10 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "defense.py"
 
 
-def _run(tmp_path: Path) -> subprocess.CompletedProcess:
+def _run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(SCRIPT), "--protocol", "smoke", "--attacks", "ops,lsp", "--defenses", "none,eclipse",
-         "--adaptive", "", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+         "--adaptive", "", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *extra],
         capture_output=True, text=True, timeout=600)
 
 
@@ -37,6 +37,18 @@ def test_smoke_table_has_the_schema_and_resumes(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert (tmp_path / "work" / "cells.jsonl").read_text().splitlines() == cells
     assert json.loads(result_path.read_text())["table"] == result["table"]
+
+    # another victim seed: the cached poisons and purified sets, its own cells and output files
+    purified = sorted(p.name for p in (tmp_path / "work" / "purified").iterdir())
+    third = _run(tmp_path, "--defenses", "none", "--victim-seed", "1")
+    assert third.returncode == 0, third.stderr[-3000:]
+    (seeded,) = (tmp_path / "out").glob("defense-smoke-*-victim-seed1.json")
+    other = json.loads(seeded.read_text())
+    assert other["victim_seed"] == 1 and set(other["table"]) == {"none", "ops", "lsp"}
+    assert len((tmp_path / "work" / "cells-victim-seed1.jsonl").read_text().splitlines()) == 3
+    assert (tmp_path / "work" / "cells.jsonl").read_text().splitlines() == cells
+    assert json.loads(result_path.read_text())["table"] == result["table"]  # the seed-0 table is untouched
+    assert sorted(p.name for p in (tmp_path / "work" / "purified").iterdir()) == purified
 
 
 def test_unknown_attack_is_refused(tmp_path):
