@@ -49,7 +49,7 @@ class Recipe:
         if self.denoiser_t_max < self.t_star - 1:
             raise ValueError(f"denoiser_t_max={self.denoiser_t_max} cannot serve t_star={self.t_star}")
 
-    def with_overrides(self, **changes: Any) -> "Recipe":
+    def with_overrides(self, **changes: Any) -> Recipe:
         """This recipe with the given fields replaced (``None`` values ignored); a larger ``t_star``
         raises ``denoiser_t_max`` to match unless that is given too."""
         changes = {k: v for k, v in changes.items() if v is not None}

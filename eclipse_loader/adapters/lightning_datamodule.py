@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import numpy as np
@@ -21,8 +21,11 @@ import numpy as np
 from ..data.images import LabelledImages, as_labelled_images
 from ..data.sources import load_source
 from ..loading.config import AugmentConfig
-from ..recipes import get_recipe
 from ..loading.torch_loader import TorchEpochLoader
+from ..recipes import get_recipe
+
+if TYPE_CHECKING:  # the purifier imports diffusers: only when purifying
+    from ..purify.purifier import PurifyConfig
 
 Backend = Literal["auto", "ffcv", "torch"]
 IN_MEMORY = "in-memory"  # the source name of splits given as arrays (`EclipseDataModule.from_arrays`)
@@ -240,7 +243,7 @@ class EclipseDataModule(pl.LightningDataModule):
             raise FileNotFoundError(f"{path} is missing: prepare_data() must run before setup()")
         return path
 
-    def purify_config(self) -> "PurifyConfig":
+    def purify_config(self) -> PurifyConfig:
         """The purification settings: the recipe's, overridden by the explicit arguments."""
         from ..purify.purifier import PurifyConfig
 

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from ..data.sources import SOURCE_SPEC_HELP
 from ..recipes import RECIPES, get_recipe
+
+if TYPE_CHECKING:
+    from ..purify.purifier import PurifyConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -97,7 +100,7 @@ def _devices(value: str) -> Union[int, str]:
     return devices
 
 
-def config_from_args(args: argparse.Namespace) -> "PurifyConfig":
+def config_from_args(args: argparse.Namespace) -> PurifyConfig:
     """The PurifyConfig of the command line: the recipe's settings, overridden by explicit flags."""
     from ..purify.purifier import DEFAULT_NOISE_STD, PurifyConfig
 
