@@ -70,7 +70,7 @@ def clip_zero_shot_logits(images: np.ndarray, class_names: Sequence[str], weight
     try:
         import open_clip
     except ImportError as err:
-        raise ImportError("CLIP guidance needs open_clip: pip install open-clip-torch "
+        raise ImportError("CLIP guidance needs open_clip: pip install open-clip-torch (the [clip] extra) "
                           "(or leave the CLIP weights out to use the sparse-set guide model)") from err
     if not Path(weights).is_file():
         raise FileNotFoundError(f"CLIP weights not found at {weights}; they must be placed locally")
