@@ -143,7 +143,8 @@ def run_cgd(args, poisoned, sparse, val, backdoored, recipe) -> tuple[torch.nn.M
         scores = score_dataset(poisoned.data, guide, suspicious_factory=quick_cnn, num_suspicious=3, epochs=5,
                                seed=args.seed, log=log)
         scores.save(cache)
-    config = CGDConfig(tolerance=args.cgd_tolerance, epochs=args.cgd_epochs)
+    weights = {k: v for k, v in (("alpha", args.cgd_alpha), ("beta", args.cgd_beta)) if v is not None}
+    config = CGDConfig(tolerance=args.cgd_tolerance, epochs=args.cgd_epochs, **weights)
     model, history = cgd_finetune(backdoored, poisoned.data, scores, val, config, seed=args.seed, log=log)
     pm = poisoned.poison_mask
     info = {"config": config.__dict__, "seconds": round(time.perf_counter() - start, 1), "history": history,
@@ -167,6 +168,10 @@ def main() -> None:
     p.add_argument("--elixir-steps", type=int, default=2, help="reverse steps per round (all kept as intermediaries)")
     p.add_argument("--elixir-tau", type=int, default=2)
     p.add_argument("--cgd-tolerance", type=float, default=1.0, help="roll-back drop in points (100: never)")
+    p.add_argument("--cgd-beta", type=float, default=None,
+                   help="weight of the repel term (default: CGDConfig's 0.025); with --cgd-alpha 0 and 0 here the "
+                        "fine-tune is plain CE on the clean-flagged samples, the control for what the CGD terms add")
+    p.add_argument("--cgd-alpha", type=float, default=None, help="weight of the distillation term (default 5e-4)")
     p.add_argument("--cgd-epochs", type=int, default=10,
                    help="fine-tuning epochs (10 as released; at most 200 iterations each, ~21 on this 5k set)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is much faster on a contended CPU)")
@@ -189,7 +194,8 @@ def main() -> None:
     defense = args.defense
     if args.defense == "cgd":
         defense += (f"-tol{args.cgd_tolerance:g}" if args.cgd_tolerance != 1.0 else "") + (
-            f"-e{args.cgd_epochs}" if args.cgd_epochs != 10 else "")
+            f"-e{args.cgd_epochs}" if args.cgd_epochs != 10 else "") + "".join(
+            f"-{k}{v:g}" for k, v in (("a", args.cgd_alpha), ("b", args.cgd_beta)) if v is not None)
     row: dict[str, Any] = {"attack": args.attack, "defense": defense, "epochs": args.epochs,
                            "no_defense": {"clean_accuracy": evaluate(backdoored, test),
                                           "attack_success_rate": attack_success_rate(backdoored, test, trigger, 0)}}
