@@ -29,13 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from .purify.run import WorkDirMismatchError
-
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, WorkDirMismatchError) as error:  # bad input: one clear line, no traceback
-        print(f"eclipse-loader {args.command}: error: {error}", file=sys.stderr)
+    except Exception as error:
+        if not isinstance(error, _input_errors()):
+            raise
+        print(f"eclipse-loader {args.command}: error: {error}", file=sys.stderr)  # bad input: one line, no traceback
         return 2
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """The errors that mean bad input. A work-dir mismatch is one only once purification code has run:
+    importing it up front would load torch and diffusers (~3 s) into every command's start-up."""
+    run = sys.modules.get("eclipse_loader.purify.run")
+    return (ValueError, FileNotFoundError) + ((run.WorkDirMismatchError,) if run is not None else ())
 
 
 if __name__ == "__main__":

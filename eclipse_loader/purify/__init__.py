@@ -1,13 +1,30 @@
-"""Offline ECLIPSE purification: `Purifier` (one batch) and `purify_dataset` (resumable, to a beton)."""
-from .purifier import Purifier, PurifyConfig, sample_seed, t_star_for_noise_std, timesteps_for
-from .run import cache_key, purify_dataset
+"""Offline ECLIPSE purification: `Purifier` (one batch) and `purify_dataset` (resumable, to a beton).
 
-__all__ = [
-    "Purifier",
-    "PurifyConfig",
-    "cache_key",
-    "purify_dataset",
-    "sample_seed",
-    "t_star_for_noise_std",
-    "timesteps_for",
-]
+The names below are imported lazily, so light submodules (``outliers``) load without torch's
+diffusion stack (diffusers).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "Purifier": "eclipse_loader.purify.purifier",
+    "PurifyConfig": "eclipse_loader.purify.purifier",
+    "sample_seed": "eclipse_loader.purify.purifier",
+    "t_star_for_noise_std": "eclipse_loader.purify.purifier",
+    "timesteps_for": "eclipse_loader.purify.purifier",
+    "cache_key": "eclipse_loader.purify.run",
+    "purify_dataset": "eclipse_loader.purify.run",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'eclipse_loader.purify' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
