@@ -20,9 +20,12 @@ grayscale p = 0.4 and noise 0.05, no outlier repair.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .purify.outliers import DEFAULT_THRESHOLD
+
+if TYPE_CHECKING:
+    from .purify.purifier import PurifyConfig
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,27 @@ class Recipe:
         if "t_star" in changes and "denoiser_t_max" not in changes:
             changes["denoiser_t_max"] = max(self.denoiser_t_max, int(changes["t_star"]) - 1)
         return replace(self, **changes)
+
+    def purify_config(self, *, steps: Optional[int] = None, repair_threshold: Optional[int] = None,
+                      noise_std: Optional[float] = None, **fields: Any) -> PurifyConfig:
+        """The `PurifyConfig` of this recipe.
+
+        Args:
+            steps: None: the recipe's; 0: the full chain; otherwise that many (at most ``t_star``).
+            repair_threshold: None: the recipe's; negative: no repair; otherwise that threshold.
+            noise_std: pick t* from this forward-noise std instead of the recipe's ``t_star`` (then
+                ``steps`` is checked against t* only when the purifier resolves it).
+            fields: other `PurifyConfig` fields (``sampler``, ``seed``, ``bf16``).
+        """
+        from .purify.purifier import PurifyConfig
+
+        steps = self.purify_steps if steps is None else (steps or None)
+        repair = self.repair_threshold if repair_threshold is None else (
+            None if repair_threshold < 0 else repair_threshold)
+        if noise_std is not None:
+            return PurifyConfig(t_star=None, noise_std=noise_std, steps=steps, repair_threshold=repair, **fields)
+        return PurifyConfig(t_star=self.t_star, steps=None if steps is None else min(steps, self.t_star),
+                            repair_threshold=repair, **fields)
 
 
 RECIPES: dict[str, Recipe] = {

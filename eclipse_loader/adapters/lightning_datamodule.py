@@ -245,14 +245,9 @@ class EclipseDataModule(pl.LightningDataModule):
 
     def purify_config(self) -> PurifyConfig:
         """The purification settings: the recipe's, overridden by the explicit arguments."""
-        from ..purify.purifier import PurifyConfig
-
-        hp, recipe = self.hparams, self.recipe
-        steps = recipe.purify_steps if hp.purify_steps is None else (None if hp.purify_steps == 0 else hp.purify_steps)
-        repair = recipe.repair_threshold if hp.repair_threshold is None else (
-            None if hp.repair_threshold < 0 else hp.repair_threshold)
-        return PurifyConfig(t_star=recipe.t_star, steps=None if steps is None else min(steps, recipe.t_star),
-                            sampler=hp.purify_sampler, seed=hp.seed, repair_threshold=repair)
+        hp = self.hparams
+        return self.recipe.purify_config(steps=hp.purify_steps, repair_threshold=hp.repair_threshold,
+                                         sampler=hp.purify_sampler, seed=hp.seed)
 
     def _purified_beton(self, data: LabelledImages, write: bool) -> Path:
         """The cached purified beton of ``data``; computed here when ``write`` (one process per node).

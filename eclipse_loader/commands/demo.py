@@ -55,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
     from ..denoiser.io import weights_path
     from ..denoiser.training import train_denoiser
     from ..purify.preview import save_preview
-    from ..purify.purifier import PurifyConfig
     from ..purify.run import purify_dataset
 
     recipe = get_recipe(args.recipe).with_overrides(t_star=args.t_star)
@@ -81,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
     timings["denoiser_training_s"] = time.perf_counter() - start
 
     start = _step(f"2/{total} purify the poisoned set (t*={args.t_star}, {args.purify_steps} reverse steps)")
-    config = PurifyConfig(t_star=args.t_star, steps=min(args.purify_steps, args.t_star), seed=args.seed,
-                          repair_threshold=recipe.repair_threshold)
+    config = recipe.purify_config(steps=args.purify_steps, seed=args.seed)
     compensation = AugmentConfig(p_gray=recipe.p_gray, sigma=recipe.sigma)
     beton = purify_dataset(poisoned, denoiser, work / "purified.beton", config=config, batch_size=250, device="cpu")
     purified = read_beton(beton)

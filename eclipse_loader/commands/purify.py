@@ -102,21 +102,14 @@ def _devices(value: str) -> Union[int, str]:
 
 def config_from_args(args: argparse.Namespace) -> PurifyConfig:
     """The PurifyConfig of the command line: the recipe's settings, overridden by explicit flags."""
-    from ..purify.purifier import DEFAULT_NOISE_STD, PurifyConfig
-
     recipe = get_recipe(args.recipe)
     if args.t_star is not None and args.noise_std is not None:
         raise SystemExit("error: give --t-star or --noise-std, not both")
-    t_star = args.t_star if args.t_star is not None else (None if args.noise_std is not None else recipe.t_star)
-    steps = recipe.purify_steps if args.steps is None else (None if args.steps == 0 else args.steps)
-    if t_star is not None and steps is not None:
-        steps = min(steps, t_star)
-    repair = None if args.no_repair else (args.repair_threshold if args.repair_threshold is not None
-                                          else recipe.repair_threshold)
     args.p_gray = recipe.p_gray if args.p_gray is None else args.p_gray
     args.sigma = recipe.sigma if args.sigma is None else args.sigma
-    return PurifyConfig(t_star=t_star, noise_std=args.noise_std or DEFAULT_NOISE_STD, steps=steps,
-                        sampler=args.sampler, seed=args.seed, bf16=args.bf16, repair_threshold=repair)
+    return recipe.with_overrides(t_star=args.t_star).purify_config(
+        steps=args.steps, repair_threshold=-1 if args.no_repair else args.repair_threshold, noise_std=args.noise_std,
+        sampler=args.sampler, seed=args.seed, bf16=args.bf16)
 
 
 def run(args: argparse.Namespace) -> int:
