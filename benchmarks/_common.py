@@ -231,3 +231,31 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def grouped_bar_plot(rows: dict[str, dict[str, float]], series: list[str], path: Path, *, title: str,
+                     reference: Optional[tuple[float, str]] = None, width_per_group: float = 1.4, rotation: float = 0,
+                     legend_font: float = 7, legend_cols: int = 3, dpi: int = 110) -> None:
+    """One group of bars per row (x axis), one bar per series; values are accuracies in [0, 1], missing ones NaN.
+
+    ``reference`` (accuracy in [0, 1], label) draws a dashed horizontal line.
+    """
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(8, width_per_group * len(rows)), 4.5))
+    width = 0.8 / max(1, len(series))
+    for k, name in enumerate(series):
+        ax.bar(np.arange(len(rows)) + k * width, [100 * r.get(name, np.nan) for r in rows.values()], width, label=name)
+    if reference is not None:
+        ax.axhline(100 * reference[0], color="k", ls="--", lw=0.8, label=reference[1])
+    ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, list(rows), rotation=rotation)
+    ax.set_ylabel("clean test accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=legend_font, ncol=legend_cols)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, command_line, machine_info  # noqa: E402
+from _common import RESULTS, command_line, grouped_bar_plot, machine_info  # noqa: E402
 from defense import ATTACKS, PROTOCOLS, Harness, log  # noqa: E402
 
 from eclipse_loader.evaluation.defenses import COMPENSATION, CROP_FLIP, DEFENSES, Defense, PurifySettings  # noqa: E402
@@ -130,27 +130,11 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def bar_plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    attacks = ["none", *result["attacks_in_means"]]
-    names = list(result["candidates"])
-    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(attacks)), 4.5))
-    width = 0.8 / max(1, len(names))
-    for k, name in enumerate(names):
-        ys = [100 * result["table"].get(a, {}).get(name, np.nan) for a in attacks]
-        ax.bar(np.arange(len(attacks)) + k * width, ys, width, label=name)
-    if result["clean_accuracy"]:
-        ax.axhline(90 * result["clean_accuracy"], color="k", ls="--", lw=0.8, label="0.9 x clean")
-    ax.set_xticks(np.arange(len(attacks)) + 0.4 - width / 2, attacks)
-    ax.set_ylabel("clean test accuracy (%)")
-    ax.set_title(f"ablation, {result['protocol']} ({result['date']})")
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    clean = result["clean_accuracy"]
+    rows = {a: result["table"].get(a, {}) for a in ["none", *result["attacks_in_means"]]}
+    grouped_bar_plot(rows, list(result["candidates"]), path, title=f"ablation, {result['protocol']} ({result['date']})",
+                     reference=(0.9 * clean, "0.9 x clean") if clean else None, width_per_group=1.2,
+                     legend_font=6, legend_cols=2, dpi=120)
 
 
 def candidate_costs(defense: Defense, harness: Harness) -> dict[str, Any]:

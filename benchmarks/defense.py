@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, command_line, machine_info  # noqa: E402
+from _common import RESULTS, command_line, grouped_bar_plot, machine_info  # noqa: E402
 
 from eclipse_loader.data.images import LabelledImages  # noqa: E402
 from eclipse_loader.data.sparse import check_overlap, select_sparse_indices  # noqa: E402
@@ -442,27 +442,10 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 
 def bar_plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    defenses = list(result["defenses"])
-    rows = {**result["table"], "MEAN": result["mean_accuracy_by_defense"]}
-    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(rows)), 4.5))
-    width = 0.8 / len(defenses)
-    for k, d in enumerate(defenses):
-        xs = [i + k * width for i in range(len(rows))]
-        ax.bar(xs, [100 * r.get(d, np.nan) for r in rows.values()], width, label=d)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], list(rows), rotation=20)
-    if result["clean_accuracy"]:
-        ax.axhline(100 * result["clean_accuracy"], color="k", lw=0.8, ls="--", label="clean, no defence")
-    ax.set_ylabel("clean test accuracy (%)")
-    ax.set_title(f"attack x defence, protocol {result['protocol']} ({result['date']})")
-    ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    clean = result["clean_accuracy"]
+    grouped_bar_plot({**result["table"], "MEAN": result["mean_accuracy_by_defense"]}, list(result["defenses"]), path,
+                     title=f"attack x defence, protocol {result['protocol']} ({result['date']})",
+                     reference=(clean, "clean, no defence") if clean else None, rotation=20)
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
