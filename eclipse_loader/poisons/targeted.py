@@ -39,6 +39,13 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+def _check_target(target: np.ndarray, bases: np.ndarray) -> np.ndarray:
+    target = np.asarray(target)
+    if target.shape != bases.shape[1:] or target.dtype != np.uint8:
+        raise ValueError(f"target must be uint8 {bases.shape[1:]}, got {target.dtype} {target.shape}")
+    return target
+
+
 def feature_collision(
     feature_extractor: nn.Module,
     target: np.ndarray,
@@ -59,9 +66,7 @@ def feature_collision(
     Returns uint8 NHWC poisons, one per base.
     """
     validate_images(np.asarray(bases))
-    target = np.asarray(target)
-    if target.shape != bases.shape[1:] or target.dtype != np.uint8:
-        raise ValueError(f"target must be uint8 {bases.shape[1:]}, got {target.dtype} {target.shape}")
+    target = _check_target(target, bases)
     if steps < 1 or lr <= 0 or beta < 0 or not 0.0 <= opacity < 1.0:
         raise ValueError(f"need steps >= 1, lr > 0, beta >= 0, opacity in [0, 1): {steps}, {lr}, {beta}, {opacity}")
     if epsilon is not None and not 0.0 < epsilon <= 1.0:
@@ -187,13 +192,6 @@ def _check_num_classes(model: nn.Module, x: torch.Tensor, labels: np.ndarray, ad
         raise ValueError(f"adversarial_label must be in [0, {num_classes}), got {adversarial_label}")
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"base_labels must be in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]")
-
-
-def _check_target(target: np.ndarray, bases: np.ndarray) -> np.ndarray:
-    target = np.asarray(target)
-    if target.shape != bases.shape[1:] or target.dtype != np.uint8:
-        raise ValueError(f"target must be uint8 {bases.shape[1:]}, got {target.dtype} {target.shape}")
-    return target
 
 
 def gradient_alignment(
