@@ -13,7 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DEFAULT_THRESHOLD = 48
+from ..recipes import DEFAULT_RECIPE
+
+DEFAULT_THRESHOLD: int = DEFAULT_RECIPE.repair_threshold  # type: ignore[assignment]
 
 
 def _neighbours(images: torch.Tensor) -> torch.Tensor:
