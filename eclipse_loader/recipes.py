@@ -21,8 +21,11 @@ from __future__ import annotations
 
 # torch-free on purpose: every layer (compensation, loading, purify, CLI) reads its defaults here.
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Optional
+import json
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 if TYPE_CHECKING:
     from .purify.purifier import PurifyConfig
@@ -38,7 +41,19 @@ class Recipe:
         repair_threshold: grey levels beyond the 8 neighbours' range that mark an isolated outlier
             pixel to repair before purification (None: no repair).
         denoiser_t_max: highest timestep the denoiser trains on (must be >= ``t_star - 1``).
-        p_gray, sigma: the online corruption compensation (grayscale probability, noise std in [0, 1]).
+        p_gray, sigma: the online corruption compensation (grayscale probability, noise std in [0, 1]);
+            0 and 0: no compensation.
+        purification: run the diffusion purification (False: ``t_star``, ``purify_steps`` and
+            ``denoiser_t_max`` are unused; outlier repair, grayscale and JPEG still apply).
+        grayscale: convert the training images to grayscale offline (after the repair).
+        jpeg_quality: re-encode the training images as JPEG at this quality offline, after grayscale
+            and before purification (None: no JPEG).
+        augment: an extra online augmentation before the compensation: None or ``"rsk-ff"``
+            (random sharpening + DCT low-pass, `eclipse_loader.select.augment`).
+        mix_trusted: also train on the trusted clean images (appended to the training set).
+
+    The fields after ``sigma`` were added for recipes chosen by ``eclipse-loader tune``; their defaults
+    leave ``default`` and ``paper`` as they were.
     """
 
     t_star: int
@@ -47,10 +62,35 @@ class Recipe:
     denoiser_t_max: int
     p_gray: float
     sigma: float
+    purification: bool = True
+    grayscale: bool = False
+    jpeg_quality: Optional[int] = None
+    augment: Optional[str] = None
+    mix_trusted: bool = False
 
     def __post_init__(self) -> None:
         if self.denoiser_t_max < self.t_star - 1:
             raise ValueError(f"denoiser_t_max={self.denoiser_t_max} cannot serve t_star={self.t_star}")
+        if self.jpeg_quality is not None and not (isinstance(self.jpeg_quality, int) and 1 <= self.jpeg_quality <= 100):
+            raise ValueError(f"jpeg_quality must be None or an integer in [1, 100], got {self.jpeg_quality!r}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as a plain JSON-able dict (what `save_recipe` writes)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "recipe") -> Recipe:
+        """A recipe from `to_dict`'s form; unknown or missing fields raise ValueError naming ``where``."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown recipe field(s) {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise ValueError(f"{where}: {error}") from None
 
     def with_overrides(self, **changes: Any) -> Recipe:
         """This recipe with the given fields replaced (``None`` values ignored); a larger ``t_star``
@@ -82,6 +122,9 @@ class Recipe:
                             repair_threshold=repair, **fields)
 
 
+AUGMENTS: tuple[Optional[str], ...] = (None, "rsk-ff")
+
+
 #: The product default: every default of every class, function and command comes from here.
 DEFAULT_RECIPE = Recipe(t_star=400, purify_steps=2, repair_threshold=48, denoiser_t_max=399, p_gray=0.2, sigma=0.03)
 #: ECLIPSE as published; used only when asked for by name (``recipe="paper"``).
@@ -96,3 +139,35 @@ def get_recipe(name: str) -> Recipe:
         return RECIPES[name]
     except KeyError:
         raise ValueError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}") from None
+
+
+def load_recipe(path_or_name: Union[str, os.PathLike]) -> Recipe:
+    """A recipe by name (``"default"``, ``"paper"``) or from a JSON file written by `save_recipe`
+    (e.g. ``recipe.json`` of ``eclipse-loader tune``). A JSON file may hold the recipe's fields at the
+    top level or under a ``"recipe"`` key."""
+    text = os.fspath(path_or_name)
+    if text in RECIPES:
+        return RECIPES[text]
+    path = Path(text)
+    if not path.suffix == ".json" and not path.is_file():
+        raise ValueError(f"unknown recipe {text!r}; choose from {sorted(RECIPES)} or give a recipe .json file")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such recipe file: {path}")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"recipe file {path} is not valid JSON: {error}") from None
+    if isinstance(values, dict) and isinstance(values.get("recipe"), dict):
+        values = values["recipe"]
+    if not isinstance(values, dict):
+        raise ValueError(f"recipe file {path} must hold a JSON object of recipe fields")
+    return Recipe.from_dict(values, where=f"recipe file {path}")
+
+
+def save_recipe(recipe: Recipe, path: Union[str, os.PathLike], **extra: Any) -> Path:
+    """Write ``recipe`` as JSON (``{"recipe": {...}, **extra}``) to ``path`` atomically; `load_recipe` reads it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"recipe": recipe.to_dict(), **extra}, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
