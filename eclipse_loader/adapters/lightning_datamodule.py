@@ -246,8 +246,10 @@ class EclipseDataModule(pl.LightningDataModule):
     def purify_config(self) -> PurifyConfig:
         """The purification settings: the recipe's, overridden by the explicit arguments."""
         hp = self.hparams
-        return self.recipe.purify_config(steps=hp.purify_steps, repair_threshold=hp.repair_threshold,
-                                         sampler=hp.purify_sampler, seed=hp.seed)
+        repair_off = hp.repair_threshold is not None and hp.repair_threshold < 0
+        return self.recipe.purify_config(steps="full" if hp.purify_steps == 0 else hp.purify_steps,
+                                         repair_threshold=None if repair_off else hp.repair_threshold,
+                                         repair=not repair_off, sampler=hp.purify_sampler, seed=hp.seed)
 
     def _purified_beton(self, data: LabelledImages, write: bool) -> Path:
         """The cached purified beton of ``data``; computed here when ``write`` (one process per node).
