@@ -17,10 +17,13 @@ COMMAND_MODULES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="eclipse-loader",
         description="Purify availability-poisoned image datasets (ECLIPSE) and load them for training.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES.values():
         importlib.import_module(module_name).register(sub)
@@ -41,8 +44,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _input_errors() -> tuple[type[Exception], ...]:
     """The errors that mean bad input. A work-dir mismatch is one only once purification code has run:
     importing it up front would load torch and diffusers (~3 s) into every command's start-up."""
+    from .errors import MissingExtraError
+
     run = sys.modules.get("eclipse_loader.purify.run")
-    return (ValueError, FileNotFoundError) + ((run.WorkDirMismatchError,) if run is not None else ())
+    return (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+            MissingExtraError) + ((run.WorkDirMismatchError,) if run is not None else ())
 
 
 if __name__ == "__main__":

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from .purify.purifier import PurifyConfig
 
 
+#: online augmentations a recipe may name besides the compensation (see `Recipe.augment`)
+AUGMENTS: tuple[Optional[str], ...] = (None, "rsk-ff")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything a defence fixes besides the denoiser's architecture.
@@ -100,29 +104,40 @@ class Recipe:
             changes["denoiser_t_max"] = max(self.denoiser_t_max, int(changes["t_star"]) - 1)
         return replace(self, **changes)
 
-    def purify_config(self, *, steps: Optional[int] = None, repair_threshold: Optional[int] = None,
-                      noise_std: Optional[float] = None, **fields: Any) -> PurifyConfig:
-        """The `PurifyConfig` of this recipe.
+    def purify_config(self, *, steps: Optional[int | str] = None, repair_threshold: Optional[int] = None,
+                      repair: bool = True, noise_std: Optional[float] = None, **fields: Any) -> PurifyConfig:
+        """The `PurifyConfig` of this recipe, with explicit overrides.
 
         Args:
-            steps: None: the recipe's; 0: the full chain; otherwise that many (at most ``t_star``).
-            repair_threshold: None: the recipe's; negative: no repair; otherwise that threshold.
+            steps: None: the recipe's; ``"full"``: the full chain (t* calls); otherwise that many
+                (more than t* is an error, never silently clamped).
+            repair_threshold: None: the recipe's; otherwise that threshold.
+            repair: ``False`` turns outlier repair off (whatever the threshold).
             noise_std: pick t* from this forward-noise std instead of the recipe's ``t_star`` (then
-                ``steps`` is checked against t* only when the purifier resolves it).
+                ``steps`` is checked against t* when the purifier resolves it).
             fields: other `PurifyConfig` fields (``sampler``, ``seed``, ``bf16``).
+
+        Raises:
+            ValueError: ``steps`` is not a positive integer, ``"full"`` or None, or exceeds t*.
         """
         from .purify.purifier import PurifyConfig
 
-        steps = self.purify_steps if steps is None else (steps or None)
-        repair = self.repair_threshold if repair_threshold is None else (
-            None if repair_threshold < 0 else repair_threshold)
+        if steps == "full":
+            chosen_steps: Optional[int] = None
+        elif steps is None:
+            chosen_steps = self.purify_steps
+        elif isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1:
+            chosen_steps = steps
+        else:
+            raise ValueError(f"steps must be a positive integer or 'full', got {steps!r}")
+        threshold = (self.repair_threshold if repair_threshold is None else repair_threshold) if repair else None
         if noise_std is not None:
-            return PurifyConfig(t_star=None, noise_std=noise_std, steps=steps, repair_threshold=repair, **fields)
-        return PurifyConfig(t_star=self.t_star, steps=None if steps is None else min(steps, self.t_star),
-                            repair_threshold=repair, **fields)
-
-
-AUGMENTS: tuple[Optional[str], ...] = (None, "rsk-ff")
+            return PurifyConfig(t_star=None, noise_std=noise_std, steps=chosen_steps, repair_threshold=threshold,
+                                **fields)
+        if chosen_steps is not None and chosen_steps > self.t_star:
+            raise ValueError(f"steps={chosen_steps} exceeds t*={self.t_star} (at most one network call per "
+                             "forward step); use fewer steps, 'full', or a larger t*")
+        return PurifyConfig(t_star=self.t_star, steps=chosen_steps, repair_threshold=threshold, **fields)
 
 
 #: The product default: every default of every class, function and command comes from here.

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Union
 
 from ..data.sources import SOURCE_SPEC_HELP
 from ..recipes import RECIPES, get_recipe
+from . import DefaultsHelpFormatter, non_negative_float, positive_int, steps_arg, unit_interval
 
 if TYPE_CHECKING:
     from ..purify.purifier import PurifyConfig
@@ -19,22 +20,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "ECLIPSE purification: isolated outlier pixels are repaired (default recipe), each image is scaled "
             "to [-1,1], noised in one shot to t* (the recipe's: 400 of 4000 by default, 100 with --recipe paper) "
             "and denoised back to t=0 (2 strided DDPM steps by default, the full chain with --recipe paper), "
-            "clipped and rounded to uint8. Sample i's noise depends only on (--seed, i), so results do not "
-            "depend on batch size. Resumable: rerun the same command after an interruption."
+            "clipped and rounded to uint8. Sample i's noise depends only on (--seed, i). Resumable: rerun the "
+            "same command after an interruption. OUTPUT may be a .beton (needs the ffcv extra) or a .npz."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("source", help="the dataset to purify; " + SOURCE_SPEC_HELP)
     parser.add_argument("denoiser", help="denoiser directory written by `eclipse-loader train-denoiser`")
-    parser.add_argument("output", help="the .beton file to write")
+    parser.add_argument("output", help="the .beton (or .npz: no ffcv needed) file to write")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="default",
                         help="defaults of the settings below: 'default' (outlier repair, t*=400, 2 steps) or "
                              "'paper' (ECLIPSE as published: t*=100, full chain, no repair)")
     parser.add_argument("--t-star", type=int, default=None, help="forward steps t* (default: the recipe's)")
     parser.add_argument("--noise-std", type=float, default=None,
                         help="forward noise std in [-1,1] units; picks t* instead of the recipe (not with --t-star)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="network calls on the way back (default: the recipe's; 0 = the full chain of t* calls)")
+    parser.add_argument("--steps", type=steps_arg, default=None,
+                        help="network calls on the way back, at most t*, or 'full' for all t* (default: the recipe's)")
     parser.add_argument("--repair-threshold", type=int, default=None,
                         help="repair isolated outlier pixels beyond this many grey levels first (default: the recipe's)")
     parser.add_argument("--no-repair", action="store_true", help="do not repair outlier pixels")
@@ -42,8 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="ddpm: stochastic ancestral (paper); ddim: deterministic eta=0")
     parser.add_argument("--seed", type=int, default=0, help="base seed of the per-sample noise")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the U-Net (CUDA only)")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per U-Net call (result unchanged)")
-    parser.add_argument("--chunk-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=256,
+                        help="images per U-Net call; the result is bit-identical at equal batch size and device, and "
+                             "across batch sizes on CPU a rare pixel may differ by one grey level (default: 256)")
+    parser.add_argument("--chunk-size", type=positive_int, default=None,
                         help="images per resumable chunk (default max(batch, 1024)); distributed: images per "
                              "shard (default batch)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -53,10 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--npz", default=None, help="also write the purified arrays to this .npz")
     parser.add_argument("--preview", default=None, metavar="PNG",
                         help="write a PNG grid of original / purified / compensated samples")
-    parser.add_argument("--preview-count", type=int, default=8, help="columns of the preview grid")
-    parser.add_argument("--p-gray", type=float, default=None,
+    parser.add_argument("--preview-count", type=positive_int, default=8, help="columns of the preview grid")
+    parser.add_argument("--p-gray", type=unit_interval, default=None,
                         help="compensation grayscale probability (preview only; default: the recipe's)")
-    parser.add_argument("--sigma", type=float, default=None, help="compensation noise std (preview only; default: the recipe's)")
+    parser.add_argument("--sigma", type=non_negative_float, default=None,
+                        help="compensation noise std (preview only; default: the recipe's)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     dist = parser.add_argument_group(
         "distributed (Lightning Trainer.predict; any of these flags selects this path)",
@@ -100,24 +104,35 @@ def _devices(value: str) -> Union[int, str]:
     return devices
 
 
-def config_from_args(args: argparse.Namespace) -> PurifyConfig:
+def purify_config_from_args(args: argparse.Namespace) -> PurifyConfig:
     """The PurifyConfig of the command line: the recipe's settings, overridden by explicit flags."""
     recipe = get_recipe(args.recipe)
     if args.t_star is not None and args.noise_std is not None:
-        raise SystemExit("error: give --t-star or --noise-std, not both")
-    args.p_gray = recipe.p_gray if args.p_gray is None else args.p_gray
-    args.sigma = recipe.sigma if args.sigma is None else args.sigma
+        raise ValueError("give --t-star or --noise-std, not both")
+    if args.no_repair and args.repair_threshold is not None:
+        raise ValueError("give --repair-threshold or --no-repair, not both")
     return recipe.with_overrides(t_star=args.t_star).purify_config(
-        steps=args.steps, repair_threshold=-1 if args.no_repair else args.repair_threshold, noise_std=args.noise_std,
-        sampler=args.sampler, seed=args.seed, bf16=args.bf16)
+        steps=args.steps, repair_threshold=args.repair_threshold, repair=not args.no_repair,
+        noise_std=args.noise_std, sampler=args.sampler, seed=args.seed, bf16=args.bf16)
+
+
+def preview_settings(args: argparse.Namespace) -> tuple[float, float]:
+    """``(p_gray, sigma)`` of the preview's compensated row: the flags', else the recipe's."""
+    recipe = get_recipe(args.recipe)
+    return (recipe.p_gray if args.p_gray is None else args.p_gray,
+            recipe.sigma if args.sigma is None else args.sigma)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data.sources import load_source
     from ..purify.run import purify_dataset
-    from ..storage.beton import read_beton
 
-    config = config_from_args(args)
+    config = purify_config_from_args(args)
+    p_gray, sigma = preview_settings(args)
+    if args.preview is not None:
+        from ..storage.output import check_output
+
+        check_output(args.preview, what="--preview")
     data = load_source(args.source)
     if _is_distributed(args):
         if args.device is not None:
@@ -143,8 +158,8 @@ def run(args: argparse.Namespace) -> int:
     if args.preview:
         from ..purify.preview import save_preview
 
-        purified = read_beton(out, data.num_classes).images
-        path = save_preview(data.images, purified, args.preview, count=args.preview_count, p_gray=args.p_gray,
-                            sigma=args.sigma, seed=args.seed)
+        purified = load_source(str(out), num_classes=data.num_classes).images
+        path = save_preview(data.images, purified, args.preview, count=args.preview_count, p_gray=p_gray,
+                            sigma=sigma, seed=args.seed)
         print(f"preview written to {path}")
     return 0

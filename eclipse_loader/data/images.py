@@ -12,6 +12,8 @@ from typing import Literal, Optional
 import numpy as np
 
 GrayscalePolicy = Literal["refuse", "convert"]
+#: the largest class count inferred from the labels alone; above it, num_classes must be given
+MAX_INFERRED_CLASSES = 100_000
 
 
 class InvalidInputError(ValueError):
@@ -87,6 +89,11 @@ def as_labelled_images(
     labels = _integer_labels(labels)
     if num_classes is None:
         num_classes = int(labels.max()) + 1 if len(labels) else 0
+        if num_classes > MAX_INFERRED_CLASSES:
+            i = int(np.argmax(labels))
+            raise InvalidInputError(
+                f"label at index {i} is {labels[i]}, which would mean {num_classes:,} classes; labels must be class "
+                f"ids 0..N-1: if that many classes is meant, pass num_classes (--num-classes) explicitly")
     validate_labels(labels, len(images), num_classes)
     return LabelledImages(np.ascontiguousarray(images), labels, int(num_classes))
 

@@ -7,6 +7,8 @@ naming the offending sample. `load_source` parses the source strings used by the
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -34,19 +36,49 @@ def from_npz(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such .npz file: {path}")
-    with np.load(path, allow_pickle=False) as archive:
-        keys = set(archive.files)
-        if images_key is None or labels_key is None:
-            pair = next(((x, y) for x, y in NPZ_KEY_PAIRS if x in keys and y in keys), None)
-            if pair is None:
-                raise InvalidInputError(
-                    f"{path} has keys {sorted(keys)}; name the image and label arrays, e.g. npz:{path}:IMAGES:LABELS"
-                )
-            images_key, labels_key = pair
-        for key in (images_key, labels_key):
-            if key not in keys:
-                raise InvalidInputError(f"{path} has no array {key!r} (it has {sorted(keys)})")
-        return as_labelled_images(archive[images_key], archive[labels_key], num_classes, grayscale)
+    if path.is_dir():
+        raise InvalidInputError(f"{path} is a directory, not an .npz file")
+    if path.stat().st_size == 0:
+        raise InvalidInputError(f"{path} is empty (0 bytes), not an .npz file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not hasattr(archive, "files"):  # a bare .npy
+                raise InvalidInputError(f"{path} holds a single array, not an .npz archive of images and labels")
+            keys = set(archive.files)
+            if images_key is None or labels_key is None:
+                pair = next(((x, y) for x, y in NPZ_KEY_PAIRS if x in keys and y in keys), None)
+                if pair is None:
+                    raise InvalidInputError(
+                        f"{path} has keys {sorted(keys)}; name the image and label arrays, e.g. npz:{path}:IMAGES:LABELS"
+                    )
+                images_key, labels_key = pair
+            for key in (images_key, labels_key):
+                if key not in keys:
+                    raise InvalidInputError(f"{path} has no array {key!r} (it has {sorted(keys)})")
+            images, labels = archive[images_key], archive[labels_key]
+    except InvalidInputError:
+        raise
+    except ValueError as error:  # pickled objects or random bytes: never suggest allow_pickle
+        reason = "it holds pickled objects, which are never loaded" if "pickle" in str(error) else str(error)
+        raise InvalidInputError(f"{path} is not a usable .npz of numpy arrays ({reason})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as error:
+        raise InvalidInputError(f"{path} is not a readable .npz (damaged or truncated: "
+                                f"{type(error).__name__}: {error})") from None
+    return as_labelled_images(images, labels, num_classes, grayscale)
+
+
+def resize_images(data: LabelledImages, size: tuple[int, int]) -> LabelledImages:
+    """Every image resized to ``size = (H, W)`` (PIL bicubic, as the per-file sources do)."""
+    import PIL.Image
+
+    height, width = (int(v) for v in size)
+    if height < 1 or width < 1:
+        raise ValueError(f"resize must be two positive sizes (H, W), got {size}")
+    if data.image_shape[:2] == (height, width):
+        return data
+    resized = np.stack([np.asarray(PIL.Image.fromarray(image).resize((width, height), PIL.Image.BICUBIC))
+                        for image in data.images])
+    return LabelledImages(resized, data.labels, data.num_classes)
 
 
 def from_torchvision(
@@ -79,7 +111,7 @@ def _decode_each(dataset: Any, grayscale: GrayscalePolicy, resize: Optional[tupl
         where = f"sample {index}" + (f" ({paths[index]})" if paths else "")
         try:
             if paths is not None and loader is not None:
-                raw, label = loader(paths[index]), dataset.samples[index][1]
+                raw, label = _open_image(paths[index]), dataset.samples[index][1]
             else:
                 raw, label = dataset[index]
         except Exception as error:  # a corrupt or unreadable file: name it, stop before writing anything
@@ -97,10 +129,25 @@ def _decode_each(dataset: Any, grayscale: GrayscalePolicy, resize: Optional[tupl
     return as_labelled_images(np.stack(images), np.asarray(labels), num_classes, grayscale)
 
 
+def _open_image(path: str) -> Any:
+    """The file as decoded by PIL, in its own mode (torchvision's loader would convert it to RGB)."""
+    import PIL.Image
+
+    with open(path, "rb") as handle:
+        image = PIL.Image.open(handle)
+        image.load()
+    return image
+
+
 def _to_hwc_uint8(raw: Any, where: str, grayscale: GrayscalePolicy, resize: Optional[tuple[int, int]]) -> np.ndarray:
     import PIL.Image
 
     if isinstance(raw, PIL.Image.Image):
+        if raw.mode == "P":
+            raw = raw.convert("RGBA" if "transparency" in raw.info else "RGB")
+        if raw.mode in ("RGBA", "LA", "PA", "RGBa", "La") and raw.getchannel("A").getextrema() != (255, 255):
+            raise InvalidInputError(f"{where} has transparent pixels (mode {raw.mode}); flatten it onto a "
+                                    "background first (ECLIPSE works on opaque RGB images)")
         if raw.mode in ("L", "LA", "I", "I;16", "F", "1"):
             if grayscale == "refuse":
                 raise InvalidInputError(f"{where} is a grayscale image (mode {raw.mode}); pass grayscale='convert'")
@@ -143,18 +190,9 @@ def load_source(
         kind, rest = "npz", spec
     if not rest and spec.endswith(".beton"):
         kind, rest = "beton", spec
-    if kind == "embedded":
-        from .embedded import load_embedded
-
-        return load_embedded(rest or "train")
-    if kind == "npz":
-        parts = rest.split(":")
-        keys = parts[1:3] if len(parts) >= 3 else [None, None]
-        return from_npz(parts[0], keys[0], keys[1], grayscale, num_classes)
-    if kind == "beton":
-        from ..storage.beton import read_beton
-
-        return read_beton(rest, num_classes)
+    if kind in ("embedded", "npz", "beton"):
+        data = _load_arrays(kind, rest, grayscale, num_classes)
+        return data if resize is None else resize_images(data, resize)
     if kind in ("cifar10", "cifar100", "svhn"):
         return from_torchvision(_torchvision_dataset(kind, rest), grayscale, resize, num_classes)
     if kind == "imagefolder":
@@ -167,6 +205,20 @@ def load_source(
         f"unknown data source {spec!r}: use embedded:SPLIT, npz:PATH, cifar10:ROOT, cifar100:ROOT, svhn:ROOT, "
         "imagefolder:PATH or a .npz/.beton path"
     )
+
+
+def _load_arrays(kind: str, rest: str, grayscale: GrayscalePolicy, num_classes: Optional[int]) -> LabelledImages:
+    if kind == "embedded":
+        from .embedded import load_embedded
+
+        return load_embedded(rest or "train")
+    if kind == "npz":
+        parts = rest.split(":")
+        keys = parts[1:3] if len(parts) >= 3 else [None, None]
+        return from_npz(parts[0], keys[0], keys[1], grayscale, num_classes)
+    from ..storage.beton import read_beton  # a beton source: reading it needs the ffcv extra
+
+    return read_beton(rest, num_classes)
 
 
 def _torchvision_dataset(kind: str, rest: str) -> Any:

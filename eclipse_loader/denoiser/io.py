@@ -27,6 +27,10 @@ class DenoiserNotFoundError(FileNotFoundError):
     """The directory is not a saved denoiser (missing safetensors weights or configs)."""
 
 
+class DamagedDenoiserError(ValueError):
+    """A denoiser file is empty, truncated, not valid JSON/safetensors, or its weights hold NaN/Inf."""
+
+
 def weights_path(denoiser_dir: PathLike) -> Path:
     """Path of the U-Net's safetensors weights inside a denoiser directory."""
     return Path(denoiser_dir) / "unet" / WEIGHTS_NAME
@@ -66,12 +70,46 @@ def load_denoiser(
 ) -> tuple[UNet2DModel, DDPMScheduler]:
     """Load the U-Net (safetensors only, eval mode) and scheduler saved by `save_denoiser`."""
     path = _check_dir(denoiser_dir)
-    unet = UNet2DModel.from_pretrained(path / "unet", use_safetensors=True, low_cpu_mem_usage=False)
-    scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
+    for config in (path / "unet" / "config.json", path / "scheduler" / "scheduler_config.json"):
+        _check_json(config)
+    _check_safetensors(weights_path(path))
+    try:
+        unet = UNet2DModel.from_pretrained(path / "unet", use_safetensors=True, low_cpu_mem_usage=False)
+        scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as error:  # diffusers' errors on bad configs
+        raise DamagedDenoiserError(f"cannot load the denoiser in {path}: {type(error).__name__}: "
+                                   f"{str(error).splitlines()[0] if str(error) else ''}") from None
+    bad = [name for name, p in unet.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise DamagedDenoiserError(f"{weights_path(path)} is damaged: {len(bad)} weight tensors hold NaN/Inf "
+                                   f"(e.g. {bad[0]}); retrain or restore the denoiser")
     unet.eval().requires_grad_(False)
     if device is not None:
         unet.to(device)
     return unet, scheduler
+
+
+def _check_json(path: Path) -> None:
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DamagedDenoiserError(f"{path} is not valid JSON ({error}); the denoiser is damaged") from None
+    if not isinstance(value, dict):
+        raise DamagedDenoiserError(f"{path} holds a {type(value).__name__}, not a JSON object; the denoiser is damaged")
+
+
+def _check_safetensors(path: Path) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    if path.stat().st_size == 0:
+        raise DamagedDenoiserError(f"{path} is empty; the denoiser is damaged")
+    try:
+        with safe_open(str(path), framework="pt") as archive:
+            for name in archive.keys():
+                archive.get_slice(name)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise DamagedDenoiserError(f"{path} is not a readable safetensors file ({error}); "
+                                   "the denoiser is damaged or truncated") from None
 
 
 def load_metadata(denoiser_dir: PathLike) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -30,10 +29,11 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.images import LabelledImages
-from ..denoiser.io import check_serves_t_star, denoiser_hash, load_denoiser
-from ..storage.beton import read_manifest
+from ..denoiser.io import check_serves_t_star, load_denoiser
+from ..storage.beton import read_manifest, require_ffcv
+from ..storage.output import check_output
 from .purifier import Purifier, PurifyConfig
-from .run import cache_key
+from .run import cache_key, purification_metadata
 from .shards import assemble_beton, pending_blocks, prepare_job, save_shard
 
 PathLike = Union[str, os.PathLike]
@@ -147,18 +147,6 @@ class ShardWriter(BasePredictionWriter):
         trainer.strategy.barrier("eclipse-shards-written")  # rank 0 assembles only after every shard exists
 
 
-def purification_metadata(purifier: Purifier, denoiser_dir: PathLike, key: str) -> dict[str, Any]:
-    """The beton manifest's metadata; the same fields as `purify_dataset` writes."""
-    return {
-        "purification": purifier.config.to_dict(),
-        "t_star": purifier.t_star,
-        "timesteps": len(purifier.timesteps),
-        "denoiser_dir": str(denoiser_dir),
-        "denoiser_sha256": denoiser_hash(denoiser_dir),
-        "cache_key": key,
-    }
-
-
 def purify_distributed(
     data: LabelledImages,
     denoiser_dir: PathLike,
@@ -212,6 +200,9 @@ def purify_distributed(
     if len(data) == 0:
         raise ValueError("nothing to purify: the dataset is empty")
     out_beton = Path(out_beton)
+    if assemble:
+        require_ffcv()
+        check_output(out_beton, data.images.nbytes + 8 * len(data), what="output")
     key = cache_key(data, config, denoiser_dir)
     if out_beton.is_file() and read_manifest(out_beton).get("metadata", {}).get("cache_key") == key:
         _log.info("%s is up to date (cache key %s); skipping purification", out_beton, key[:12])
@@ -220,7 +211,7 @@ def purify_distributed(
     if assemble_only:
         unet, scheduler = load_denoiser(denoiser_dir, device="cpu")
         metadata = purification_metadata(Purifier(unet, scheduler, config, device="cpu"), denoiser_dir, key)
-        return _assemble(work, data, out_beton, metadata, progress, also_npz, keep_work)
+        return _assemble(work, data, out_beton, metadata, progress, also_npz, keep_work, work_dir is None)
     shards = prepare_job(work, key, len(data), int(shard_size or batch_size))
     module = PurificationModule(denoiser_dir, config, batch_size)
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
@@ -230,12 +221,12 @@ def purify_distributed(
     if trainer.global_rank != 0 or not assemble:
         return None
     metadata = purification_metadata(module.purifier, denoiser_dir, key)
-    return _assemble(work, data, out_beton, metadata, progress, also_npz, keep_work)
+    return _assemble(work, data, out_beton, metadata, progress, also_npz, keep_work, work_dir is None)
 
 
 def _assemble(work: Path, data: LabelledImages, out_beton: Path, metadata: dict[str, Any], progress: bool,
-              also_npz: Optional[PathLike], keep_work: bool) -> Path:
+              also_npz: Optional[PathLike], keep_work: bool, default_work: bool) -> Path:
     path = assemble_beton(work, data, out_beton, metadata=metadata, progress=progress, also_npz=also_npz)
     if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_job_files(work, remove_dir=default_work)
     return path

@@ -26,22 +26,27 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
+from ..recipes import DEFAULT_RECIPE
 from .outliers import repair_isolated_pixels
 
 Sampler = Literal["ddpm", "ddim"]
 SAMPLERS = ("ddpm", "ddim")
-DEFAULT_NOISE_STD = 0.05
-"""sqrt(1 - abar) at t*: 0.05 in [-1, 1] units (about 6.4/255), i.e. t* = 100 on cosine-4000."""
+
+
+class NonFiniteOutputError(ValueError):
+    """The denoiser produced NaN or Inf (damaged weights, or a numerical blow-up)."""
 
 
 @dataclass(frozen=True)
 class PurifyConfig:
     """Settings that determine the purified pixels (all of them enter the cache key).
 
+    Every default is the ``default`` recipe's (`eclipse_loader.recipes.DEFAULT_RECIPE`: t* = 400,
+    2 steps, outlier repair at 48); the paper's settings are ``PAPER_RECIPE.purify_config()``.
+
     Args:
-        t_star: forward steps (paper default 100 of 4000). ``None``: the t whose
-            ``sqrt(1 - abar)`` is closest to ``noise_std``.
-        noise_std: target forward-noise std in [-1, 1] units, used only when ``t_star`` is None.
+        t_star: forward steps of 4000. ``None``: the t whose ``sqrt(1 - abar)`` is closest to ``noise_std``.
+        noise_std: target forward-noise std in [-1, 1] units; give it with ``t_star=None`` (not both).
         steps: network calls on the way back. ``None``: the full chain (``t_star`` calls). Fewer
             steps use evenly strided timesteps from ``t*-1`` down to 0.
         sampler: ``"ddpm"`` (stochastic ancestral; strided = DDPM posterior between visited
@@ -53,18 +58,22 @@ class PurifyConfig:
             Applies to the uint8 entry point `Purifier.purify`.
     """
 
-    t_star: Optional[int] = None
-    noise_std: float = DEFAULT_NOISE_STD
-    steps: Optional[int] = None
+    t_star: Optional[int] = DEFAULT_RECIPE.t_star
+    noise_std: Optional[float] = None
+    steps: Optional[int] = DEFAULT_RECIPE.purify_steps
     sampler: Sampler = "ddpm"
     seed: int = 0
     bf16: bool = False
-    repair_threshold: Optional[int] = None
+    repair_threshold: Optional[int] = DEFAULT_RECIPE.repair_threshold
 
     def __post_init__(self) -> None:
         if self.t_star is not None and (not _is_int(self.t_star) or self.t_star < 1):
             raise ValueError(f"t_star must be a positive integer or None, got {self.t_star!r}")
-        if not 0.0 < float(self.noise_std) < 1.0:
+        if (self.t_star is None) == (self.noise_std is None):
+            raise ValueError("give exactly one of t_star and noise_std "
+                             f"(got t_star={self.t_star!r}, noise_std={self.noise_std!r}); "
+                             "for a noise level: PurifyConfig(t_star=None, noise_std=...)")
+        if self.noise_std is not None and not 0.0 < float(self.noise_std) < 1.0:
             raise ValueError(f"noise_std must be in (0, 1), got {self.noise_std!r}")
         if self.steps is not None and (not _is_int(self.steps) or self.steps < 1):
             raise ValueError(f"steps must be a positive integer or None, got {self.steps!r}")
@@ -81,10 +90,12 @@ class PurifyConfig:
             raise ValueError(f"repair_threshold must be None or an integer in [0, 255), got {self.repair_threshold!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of the fields (``repair_threshold`` only when set, so older cache keys stay valid)."""
+        """Plain JSON-able dict of the fields that are set (``noise_std`` only when it picks t*,
+        ``repair_threshold`` only when repair is on)."""
         fields = asdict(self)
-        if fields["repair_threshold"] is None:
-            del fields["repair_threshold"]
+        for name in ("noise_std", "repair_threshold"):
+            if fields[name] is None:
+                del fields[name]
         return fields
 
 
@@ -190,7 +201,8 @@ class Purifier:
         make_batch_invariant(self.unet)
         self.alphas_cumprod = scheduler.alphas_cumprod.double()
         num_t = len(self.alphas_cumprod)
-        t_star = config.t_star if config.t_star is not None else t_star_for_noise_std(self.alphas_cumprod, config.noise_std)
+        t_star = config.t_star if config.t_star is not None else t_star_for_noise_std(
+            self.alphas_cumprod, float(config.noise_std))  # type: ignore[arg-type]
         if t_star > num_t:
             raise ValueError(f"t_star={t_star} exceeds the scheduler's {num_t} timesteps")
         steps = config.steps if config.steps is not None else t_star
@@ -263,4 +275,8 @@ class Purifier:
         """Purify uint8 NHWC ``images`` (dataset positions ``indices``) to uint8 NHWC."""
         if self.config.repair_threshold is not None:
             images, _ = repair_isolated_pixels(images, self.config.repair_threshold)
-        return to_uint8(self.purify_tensor(to_model_range(images), indices))
+        x = self.purify_tensor(to_model_range(images), indices)
+        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+        if bad:
+            raise NonFiniteOutputError(f"the denoiser produced NaN/Inf for {bad} of {len(x)} images")
+        return to_uint8(x)

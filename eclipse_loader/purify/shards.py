@@ -27,6 +27,7 @@ import numpy as np
 
 from ..data.images import LabelledImages
 from .run import WorkDirMismatchError
+from .workdir import open_work_dir
 
 PathLike = Union[str, os.PathLike]
 JOB_MANIFEST = "job.json"
@@ -85,8 +86,7 @@ def prepare_job(work: PathLike, key: str, num_samples: int, shard_size: int) -> 
     Raises:
         WorkDirMismatchError: ``work`` holds shards of another job (other inputs, config or denoiser).
     """
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
+    work = open_work_dir(work)
     manifest = work / JOB_MANIFEST
     if manifest.is_file():
         info = json.loads(manifest.read_text())

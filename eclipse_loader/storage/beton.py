@@ -7,27 +7,52 @@ child process under a watchdog, because it spins forever when one of its workers
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Iterator, Literal, Optional, Union
 
 import numpy as np
 from tqdm import tqdm
 
 from ..data.images import LabelledImages
+from ..errors import MissingExtraError
 from ..loading.config import usable_cores
+from .output import check_output, output_lock, remove_stale_temporaries, temporary_path
 
 WriteMode = Literal["raw", "jpg"]
 PathLike = Union[str, os.PathLike]
 MANIFEST_SUFFIX = ".json"
 
 
+FFCV_EXTRA_HINT = ("ffcv is not installed: pip install 'eclipse-loader[ffcv]' (it builds from source and needs "
+                   "apt-get install pkg-config libturbojpeg0-dev libopencv-dev)")
+# above this, store per-class counts sparsely (a dense list would be as long as the class count)
+_DENSE_COUNTS_LIMIT = 100_000
+
+
 class BetonWriteError(RuntimeError):
     """FFCV could not write the file; no output was left behind."""
+
+
+class DamagedBetonError(ValueError):
+    """A beton file that is truncated, damaged or not a beton at all; the message names the file."""
+
+
+def require_ffcv() -> None:
+    """Raise `MissingExtraError` (one line naming the extra to install) when ffcv cannot be imported."""
+    try:
+        found = importlib.util.find_spec("ffcv") is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules, or a broken install
+        found = False
+    if not found:
+        raise MissingExtraError(FFCV_EXTRA_HINT)
 
 
 def manifest_path(beton: PathLike) -> Path:
@@ -45,6 +70,7 @@ def write_beton(
     stall_timeout_s: float = 120.0,
     progress: bool = True,
     metadata: Optional[dict[str, Any]] = None,
+    lock: bool = True,
 ) -> Path:
     """Write ``data`` to ``path`` as an FFCV beton, atomically, plus a JSON manifest next to it.
 
@@ -57,35 +83,63 @@ def write_beton(
         stall_timeout_s: abort if no sample is encoded for this long (FFCV's writer hangs on worker errors).
         progress: show a progress bar with images/s.
         metadata: extra JSON-serialisable facts to store in the manifest (e.g. purification config).
+        lock: hold `output_lock` on ``path`` while writing (``False`` when the caller already holds it).
 
     Returns:
         The path written.
 
     Raises:
+        MissingExtraError: ffcv is not installed (checked before anything is written).
+        OutputError: ``path`` is a directory, its folder is not writable, lacks space, or another process
+            is writing it (checked before anything is written).
         BetonWriteError: the writer failed or stalled; neither the beton nor a temporary file remains.
     """
     if write_mode not in ("raw", "jpg"):
         raise ValueError(f"write_mode must be 'raw' or 'jpg', got {write_mode!r}")
     if len(data) == 0:
         raise ValueError("refusing to write an empty beton: the dataset has no samples")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    workers = _clamp_workers(num_workers)
-    counter = mp.get_context("fork").Value("l", 0)
-    child = mp.get_context("fork").Process(
-        target=_write_in_child, args=(str(tmp), data, write_mode, jpeg_quality, workers, counter), daemon=False
+    require_ffcv()
+    path = check_output(path, needed_bytes=data.images.nbytes + 8 * len(data), what="beton")
+    with output_lock(path) if lock else _no_lock():
+        remove_stale_temporaries(path)
+        remove_stale_temporaries(manifest_path(path))
+        _write_locked(path, data, write_mode, jpeg_quality, _clamp_workers(num_workers), stall_timeout_s, progress,
+                      metadata)
+    return path
+
+
+def _write_locked(path: Path, data: LabelledImages, write_mode: str, jpeg_quality: int, workers: int,
+                  stall_timeout_s: float, progress: bool, metadata: Optional[dict[str, Any]]) -> None:
+    tmp = temporary_path(path)
+    manifest_tmp = temporary_path(manifest_path(path))
+    manifest_tmp.write_text(_manifest_text(data, write_mode, metadata))  # built first: fails before any pixel
+    context = mp.get_context("fork")
+    counter = context.Value("l", 0)
+    receive_error, send_error = context.Pipe(duplex=False)
+    child = context.Process(
+        target=_write_in_child,
+        args=(str(tmp), data, write_mode, jpeg_quality, workers, counter, send_error), daemon=False,
     )
     try:
         child.start()
-        _watch(child, counter, len(data), stall_timeout_s, progress, path.name)
+        send_error.close()
+        _watch(child, counter, len(data), stall_timeout_s, progress, path.name, receive_error)
         os.replace(tmp, path)
+        try:
+            os.replace(manifest_tmp, manifest_path(path))
+        except OSError:
+            path.unlink(missing_ok=True)  # a beton without its manifest is not left behind
+            raise
     finally:
         if child.is_alive():
             _kill_tree(child)
         tmp.unlink(missing_ok=True)
-    _write_manifest(path, data, write_mode, metadata)
-    return path
+        manifest_tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _no_lock() -> Iterator[None]:
+    yield
 
 
 def _clamp_workers(num_workers: Optional[int]) -> int:
@@ -110,24 +164,47 @@ class _CountingDataset:
         return self.images[index], int(self.labels[index])
 
 
-def _write_in_child(tmp: str, data: LabelledImages, write_mode: str, quality: int, workers: int, counter: Any) -> None:
+def _write_in_child(tmp: str, data: LabelledImages, write_mode: str, quality: int, workers: int, counter: Any,
+                    send_error: Any) -> None:
     os.setpgid(0, 0)  # own process group, so the watchdog can kill FFCV's worker processes too
-    import ffcv.writer
-    from ffcv.fields import IntField, RGBImageField
+    _die_with_parent(tmp)
+    try:
+        import ffcv.writer
+        from ffcv.fields import IntField, RGBImageField
 
-    ffcv.writer.tqdm = _silent_tqdm  # the parent shows the progress bar
-    sample_bytes = int(np.prod(data.image_shape))
-    page_size = 1 << max(23, int(np.ceil(np.log2(sample_bytes * 2 + 4096))))
-    fields = {"image": RGBImageField(write_mode=write_mode, jpeg_quality=quality), "label": IntField()}
-    writer = ffcv.writer.DatasetWriter(tmp, fields, page_size=page_size, num_workers=workers)
-    writer.from_indexed_dataset(_CountingDataset(data, counter), chunksize=256)
+        ffcv.writer.tqdm = _silent_tqdm  # the parent shows the progress bar
+        sample_bytes = int(np.prod(data.image_shape))
+        page_size = 1 << max(23, int(np.ceil(np.log2(sample_bytes * 2 + 4096))))
+        fields = {"image": RGBImageField(write_mode=write_mode, jpeg_quality=quality), "label": IntField()}
+        writer = ffcv.writer.DatasetWriter(tmp, fields, page_size=page_size, num_workers=workers)
+        writer.from_indexed_dataset(_CountingDataset(data, counter), chunksize=256)
+    except BaseException as error:  # the real cause (e.g. "No space left on device") goes to the parent
+        send_error.send(f"{type(error).__name__}: {error}")
+        raise
+
+
+def _die_with_parent(tmp: str) -> None:
+    """If the parent dies (SIGKILL, SIGTERM), remove the temporary file and kill this process group."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, name="eclipse-writer-parent-watch", daemon=True).start()
 
 
 def _silent_tqdm(*args: Any, **kwargs: Any) -> Any:
     return tqdm(*args, **{**kwargs, "disable": True})
 
 
-def _watch(child: Any, counter: Any, total: int, stall_timeout_s: float, progress: bool, name: str) -> None:
+def _watch(child: Any, counter: Any, total: int, stall_timeout_s: float, progress: bool, name: str,
+           errors: Any) -> None:
     bar = tqdm(total=total, desc=f"writing {name}", unit="img", disable=not progress)
     last_value, last_change = 0, time.monotonic()
     try:
@@ -148,7 +225,8 @@ def _watch(child: Any, counter: Any, total: int, stall_timeout_s: float, progres
     finally:
         bar.close()
     if child.exitcode != 0:
-        raise BetonWriteError(f"FFCV's writer exited with code {child.exitcode}; nothing written")
+        cause = errors.recv() if errors.poll() else f"exit code {child.exitcode}"
+        raise BetonWriteError(f"FFCV's writer failed writing {name} ({cause}); nothing written")
 
 
 def _kill_tree(child: Any) -> None:
@@ -159,7 +237,14 @@ def _kill_tree(child: Any) -> None:
     child.join(timeout=10)
 
 
-def _write_manifest(path: Path, data: LabelledImages, write_mode: str, metadata: Optional[dict[str, Any]]) -> None:
+def _class_counts(data: LabelledImages) -> Any:
+    if data.num_classes <= _DENSE_COUNTS_LIMIT:
+        return np.bincount(data.labels, minlength=data.num_classes).tolist()
+    values, counts = np.unique(data.labels, return_counts=True)
+    return {str(int(v)): int(c) for v, c in zip(values, counts)}
+
+
+def _manifest_text(data: LabelledImages, write_mode: str, metadata: Optional[dict[str, Any]]) -> str:
     from .. import __version__
 
     manifest = {
@@ -168,14 +253,12 @@ def _write_manifest(path: Path, data: LabelledImages, write_mode: str, metadata:
         "num_samples": len(data),
         "image_shape": list(data.image_shape),
         "num_classes": data.num_classes,
-        "class_counts": np.bincount(data.labels, minlength=data.num_classes).tolist(),
+        "class_counts": _class_counts(data),
         "write_mode": write_mode,
         "eclipse_loader_version": __version__,
         "metadata": metadata or {},
     }
-    tmp = manifest_path(path).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, manifest_path(path))
+    return json.dumps(manifest, indent=2, sort_keys=True)
 
 
 def read_manifest(path: PathLike) -> dict[str, Any]:
@@ -184,23 +267,65 @@ def read_manifest(path: PathLike) -> dict[str, Any]:
     return json.loads(mpath.read_text()) if mpath.exists() else {}
 
 
+def check_beton(path: PathLike) -> Path:
+    """Check that ``path`` is a complete beton (header, field table, sample metadata, allocation table
+    and every sample's bytes inside the file); returns it.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        DamagedBetonError: the file is truncated, damaged or not a beton; the message names it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no beton at {path}" + (" (it is a directory)" if path.is_dir() else ""))
+    require_ffcv()
+    from ffcv.reader import Reader
+    from ffcv.types import HeaderType
+
+    size = path.stat().st_size
+    if size < HeaderType.itemsize:
+        raise DamagedBetonError(f"{path} is damaged or not a beton: {size} bytes, shorter than a beton header")
+    try:
+        reader = Reader(str(path))
+    except Exception as error:  # FFCV raises AssertionError/ValueError/IndexError/... on a bad file
+        raise DamagedBetonError(f"{path} is damaged or not a beton ({type(error).__name__}: {error})") from None
+    table = reader.alloc_table
+    problem = None
+    if len(reader.metadata) != reader.num_samples or reader.num_samples < 1:
+        problem = f"{len(reader.metadata)} sample records for {reader.num_samples} samples"
+    elif len(table) and int((table["ptr"].astype(np.int64) + table["size"].astype(np.int64)).max()) > size:
+        problem = "sample data extends past the end of the file (truncated)"
+    elif int(reader.header["alloc_table_ptr"]) > size:
+        problem = "its allocation table lies past the end of the file (truncated)"
+    if problem:
+        raise DamagedBetonError(f"{path} is damaged: {problem}; write it again")
+    return path
+
+
 def read_beton(path: PathLike, num_classes: Optional[int] = None) -> LabelledImages:
-    """Read a whole (image, label) beton into memory, in stored order (for checks and small data)."""
+    """Read a whole (image, label) beton into memory, in stored order (for checks and small data).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        DamagedBetonError: the file is truncated or damaged (checked by `check_beton` before reading).
+    """
+    path = check_beton(path)
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no beton at {path}")
-    loader = Loader(
-        str(path), batch_size=512, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
-        pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]},
-    )
     images, labels = [], []
-    for batch_images, batch_labels in loader:
-        images.append(np.array(batch_images))
-        labels.append(np.array(batch_labels).reshape(-1))
+    try:
+        loader = Loader(
+            str(path), batch_size=512, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+            pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]},
+        )
+        for batch_images, batch_labels in loader:
+            images.append(np.array(batch_images))
+            labels.append(np.array(batch_labels).reshape(-1))
+    except (KeyError, ValueError, IndexError, AssertionError) as error:
+        raise DamagedBetonError(f"{path} cannot be read as an (image, label) beton "
+                                f"({type(error).__name__}: {error})") from None
     label_array = np.concatenate(labels).astype(np.int64)
     classes = num_classes or read_manifest(path).get("num_classes") or int(label_array.max()) + 1
     return LabelledImages(np.concatenate(images), label_array, int(classes))
