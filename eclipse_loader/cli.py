@@ -13,6 +13,7 @@ COMMAND_MODULES = {
     "purify": "eclipse_loader.commands.purify",
     "write-beton": "eclipse_loader.commands.write_beton",
     "demo": "eclipse_loader.commands.demo",
+    "tune": "eclipse_loader.commands.tune",
 }
 
 

@@ -1,0 +1,111 @@
+"""`eclipse-loader tune`: choose the defence for this dataset by measuring candidates on the trusted set."""
+from __future__ import annotations
+
+import argparse
+
+from ..data.sources import SOURCE_SPEC_HELP
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "tune",
+        help="pick the defence for a dataset: score candidate defences with a proxy on held-out trusted images",
+        description=(
+            "Builds each candidate defence (no defence, outlier repair, JPEG q30/q10, grayscale, purification at "
+            "several t* with and without repair, compensation levels, RSK+FF, combinations) on a class-balanced "
+            "subset of SOURCE, trains a small proxy CNN on it and scores it on TRUSTED images the denoiser did not "
+            "train on. Chooses the best, ties to the lighter defence, 'none' unless something beats it beyond the "
+            "noise. Writes OUT_DIR/recipe.json (for purify --recipe FILE / EclipseDataModule(recipe=FILE)) and "
+            "selection.{json,md,png}. Resumable: rerun the same command and finished candidates are reused."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("source", help="the (possibly poisoned) training data; " + SOURCE_SPEC_HELP)
+    parser.add_argument("trusted", help="trusted clean images of the same classes, disjoint from SOURCE")
+    parser.add_argument("denoiser", help="denoiser directory (train-denoiser), or 'none' to skip purification candidates")
+    parser.add_argument("out_dir", help="directory for recipe.json, the report and the resume cache")
+    parser.add_argument("--seed", type=int, default=0, help="seed of subsets, proxy training and intervals")
+    parser.add_argument("--budget-minutes", type=float, default=None,
+                        help="shrink the proxy (images, then epochs) so the estimate fits; no candidate is dropped")
+    parser.add_argument("--proxy-images", type=int, default=2000, help="class-balanced proxy training images")
+    parser.add_argument("--proxy-epochs", type=int, default=30, help="proxy epochs (it must fit its training set)")
+    parser.add_argument("--t-stars", default="100,200,400,600", help="purification t* candidates (comma list)")
+    parser.add_argument("--purify-steps", type=int, default=None, help="reverse steps (default: the default recipe's)")
+    parser.add_argument("--denoiser-trained-on", default=None, metavar="SOURCE",
+                        help="the images the denoiser trained on (kept out of validation); default: from denoiser.json")
+    parser.add_argument("--min-per-class", type=int, default=10, help="fewest validation images per class accepted")
+    parser.add_argument("--max-validation", type=int, default=2000, help="most validation images (class balanced)")
+    parser.add_argument("--device", default="cpu", help="device of the purification (the proxy runs on CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run)
+
+
+def _t_stars(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--t-stars must be a comma list of positive integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"--t-stars must be a comma list of positive integers, got {text!r}")
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data.sources import load_source
+    from ..recipes import DEFAULT_RECIPE
+    from ..select.candidates import default_candidates
+    from ..select.denoiser_images import denoiser_training_images
+    from ..select.offline import DenoiserPurify
+    from ..select.proxy import ProxySettings
+    from ..select.report import write_report
+    from ..select.run import select_defense
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_stars = _t_stars(args.t_stars)
+    proxy = ProxySettings(images=args.proxy_images, epochs=args.proxy_epochs)
+    train, trusted = load_source(args.source), load_source(args.trusted)
+    purify_fn, seen = None, None
+    steps = DEFAULT_RECIPE.purify_steps if args.purify_steps is None else args.purify_steps
+    if args.denoiser.lower() != "none":
+        purify_fn = DenoiserPurify(args.denoiser, steps=steps, seed=args.seed, device=args.device)
+        if args.denoiser_trained_on:
+            seen = load_source(args.denoiser_trained_on).images
+            print(f"validation excludes the {len(seen)} images of {args.denoiser_trained_on}")
+        else:
+            seen, how = denoiser_training_images(args.denoiser)
+            print(("validation excludes " if seen is not None else "warning: ") + how)
+    candidates = default_candidates(t_stars, purification=purify_fn is not None)
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(candidates), desc="candidates", unit="cand")
+
+    def progress(done: int, total: int, name: str) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.set_postfix_str(name)
+            bar.update(1)
+
+    try:
+        selection = select_defense(train, trusted, purify_fn, args.out_dir, candidates=candidates, proxy=proxy,
+                                   seed=args.seed, budget_minutes=args.budget_minutes, denoiser_images=seen,
+                                   min_per_class=args.min_per_class, max_validation=args.max_validation,
+                                   progress=progress, log=None if bar is not None else print)
+    finally:
+        if bar is not None:
+            bar.close()
+    paths = write_report(selection, args.out_dir, source={
+        "source": args.source, "trusted": args.trusted, "denoiser": args.denoiser, "seed": args.seed,
+        "budget_minutes": args.budget_minutes, "t_stars": list(t_stars)}, purify_steps=steps)
+    p = selection.plan.proxy
+    print(f"proxy: {p.images} images x {p.epochs} epochs"
+          + (f" (shrunk from {selection.plan.requested.images} x {selection.plan.requested.epochs} for the budget)"
+             if selection.plan.proxy != selection.plan.requested else ""))
+    print(paths["markdown"].read_text())
+    print(f"chosen: {selection.chosen.name}; recipe written to {paths['recipe']}")
+    return 0

@@ -1,0 +1,88 @@
+"""Offline steps of a candidate on a (subset of the) training set, and purification from a denoiser dir.
+
+A *purify function* maps ``(uint8 NHWC images, t_star) -> uint8 NHWC images``. `DenoiserPurify` is the
+one built from a saved denoiser; tests pass any callable. Its optional ``t_max`` attribute (highest
+timestep the denoiser was trained on) lets the selection report candidates it cannot serve instead of
+failing; its optional ``cache_id`` enters the resume cache key.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from ..data.images import LabelledImages
+from ..evaluation.baselines import grayscale, jpeg
+from ..purify.outliers import repair_isolated_pixels
+from ..recipes import DEFAULT_RECIPE
+from .candidates import Candidate
+
+PurifyFn = Callable[[np.ndarray, int], np.ndarray]
+
+
+class DenoiserPurify:
+    """ECLIPSE purification with the denoiser saved in ``denoiser_dir``, at any t* it was trained for.
+
+    Args:
+        denoiser_dir: written by ``eclipse-loader train-denoiser`` / `train_denoiser`.
+        steps: reverse network calls (default: the default recipe's, 2); None: the full chain.
+        seed: base seed of the per-sample noise; device, batch_size: where and how many per call.
+    """
+
+    def __init__(self, denoiser_dir: Union[str, os.PathLike], steps: Optional[int] = DEFAULT_RECIPE.purify_steps,
+                 seed: int = 0, device: str = "cpu", batch_size: int = 256) -> None:
+        from ..denoiser.io import denoiser_hash, load_denoiser, load_metadata
+
+        self.unet, self.scheduler = load_denoiser(denoiser_dir)
+        meta = load_metadata(denoiser_dir)
+        self.t_max: Optional[int] = None if meta.get("t_max") is None else int(meta["t_max"])
+        self.steps, self.seed, self.device, self.batch_size = steps, int(seed), device, int(batch_size)
+        self.cache_id = f"{denoiser_hash(denoiser_dir)[:16]}-s{steps}-seed{seed}"
+
+    def __call__(self, images: np.ndarray, t_star: int) -> np.ndarray:
+        from ..purify.purifier import Purifier, PurifyConfig
+
+        if self.t_max is not None and t_star - 1 > self.t_max:
+            raise ValueError(f"the denoiser was trained on t <= {self.t_max}; it cannot purify at t*={t_star}")
+        steps = None if self.steps is None else min(self.steps, t_star)
+        purifier = Purifier(self.unet, self.scheduler, PurifyConfig(t_star=t_star, steps=steps, seed=self.seed),
+                            device=self.device)
+        out = np.empty_like(images)
+        for start in range(0, len(images), self.batch_size):
+            stop = min(start + self.batch_size, len(images))
+            out[start:stop] = purifier.purify(images[start:stop], range(start, stop))
+        return out
+
+
+def unservable_reason(candidate: Candidate, purify_fn: Optional[PurifyFn]) -> Optional[str]:
+    """Why ``candidate`` cannot run with ``purify_fn`` (None: it can)."""
+    if candidate.t_star is None:
+        return None
+    if purify_fn is None:
+        return "no denoiser given"
+    t_max = getattr(purify_fn, "t_max", None)
+    if t_max is not None and candidate.t_star - 1 > t_max:
+        return f"the denoiser was trained on t <= {t_max}, t*={candidate.t_star} needs t <= {candidate.t_star - 1}"
+    return None
+
+
+def apply_offline(candidate: Candidate, data: LabelledImages, purify_fn: Optional[PurifyFn] = None,
+                  repair_threshold: int = DEFAULT_RECIPE.repair_threshold) -> LabelledImages:  # type: ignore[assignment]
+    """``data`` after ``candidate``'s offline steps: repair, grayscale, JPEG, purification (in that order)."""
+    if candidate.repair:
+        data = LabelledImages(repair_isolated_pixels(data.images, repair_threshold)[0], data.labels, data.num_classes)
+    if candidate.grayscale:
+        data = grayscale(data)
+    if candidate.jpeg is not None:
+        data = jpeg(data, quality=candidate.jpeg)
+    if candidate.t_star is not None:
+        reason = unservable_reason(candidate, purify_fn)
+        if reason is not None:
+            raise ValueError(f"candidate {candidate.name}: {reason}")
+        assert purify_fn is not None
+        images = np.asarray(purify_fn(data.images, candidate.t_star))
+        if images.shape != data.images.shape or images.dtype != np.uint8:
+            raise ValueError(f"purify_fn returned {images.dtype} {images.shape}, expected uint8 {data.images.shape}")
+        data = LabelledImages(images, data.labels, data.num_classes)
+    return data
