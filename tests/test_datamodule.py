@@ -121,7 +121,7 @@ def test_datamodule_pickles_and_validates_arguments(tmp_path, cifar):
 
 
 def test_falls_back_to_torch_and_says_so_once(monkeypatch, recwarn):
-    from eclipse_loader.adapters import lightning_datamodule as module
+    from eclipse_loader.adapters import lightning_loaders as module
 
     monkeypatch.setattr(module, "ffcv_available", lambda: False)
     monkeypatch.setattr(module, "_FALLBACK_WARNED", False)

@@ -2,18 +2,18 @@
 
 * ``prepare_data`` (rank zero) turns each source into a beton in ``cache_dir`` (keyed by content hash,
   reused when present) and, with ``purify=True``, runs the ECLIPSE purification first.
-* ``setup`` reads headers / loads arrays on every rank; ``*_dataloader`` builds the loaders: FFCV when
-  it imports (sharded with ``distributed=True`` when the world size is above 1), otherwise the
-  pure-torch `TorchEpochLoader` with the same semantics (a warning says so once).
-* Training loaders apply flip, translation and the compensation, redrawn every epoch; val/test apply
-  none. Iterators abandoned by Lightning are closed, so no loader threads leak.
+* ``setup`` checks betons / loads arrays on every rank; ``*_dataloader`` builds the loaders
+  (`eclipse_loader.adapters.lightning_loaders`): FFCV when it imports, else pure torch.
+* Training loaders apply flip, translation and the compensation, redrawn every epoch; val, test and
+  predict apply none. All four entry points (``fit``, ``validate``, ``test``, ``predict``) work on
+  both backends. Iterators abandoned by Lightning are closed, so no loader threads leak.
 """
 from __future__ import annotations
 
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import lightning.pytorch as pl
 import numpy as np
@@ -21,42 +21,15 @@ import numpy as np
 from ..data.images import LabelledImages, as_labelled_images
 from ..data.sources import load_source
 from ..loading.config import AugmentConfig
-from ..loading.torch_loader import TorchEpochLoader
 from ..recipes import get_recipe
+from .lightning_loaders import Backend, build_loader, check_channels, ffcv_available, resolve_backend
 
 if TYPE_CHECKING:  # the purifier imports diffusers: only when purifying
     from ..purify.purifier import PurifyConfig
 
-Backend = Literal["auto", "ffcv", "torch"]
 IN_MEMORY = "in-memory"  # the source name of splits given as arrays (`EclipseDataModule.from_arrays`)
-_FALLBACK_WARNED = False
-
-
-def ffcv_available() -> bool:
-    """True when ffcv (and numba) can be imported here."""
-    try:
-        import ffcv  # noqa: F401
-        import numba  # noqa: F401
-    except Exception:  # ImportError, or a broken native build (missing libopencv/libturbojpeg)
-        return False
-    return True
-
-
-def _resolve_backend(backend: Backend) -> str:
-    global _FALLBACK_WARNED
-    if backend not in ("auto", "ffcv", "torch"):
-        raise ValueError(f"backend must be 'auto', 'ffcv' or 'torch', got {backend!r}")
-    if backend == "torch":
-        return "torch"
-    if ffcv_available():
-        return "ffcv"
-    if backend == "ffcv":
-        raise ImportError("backend='ffcv' but ffcv cannot be imported: pip install 'eclipse-loader[ffcv]'")
-    if not _FALLBACK_WARNED:
-        warnings.warn("ffcv is not importable here: EclipseDataModule falls back to torch DataLoaders "
-                      "(same augmentation and compensation, slower)", RuntimeWarning, stacklevel=3)
-        _FALLBACK_WARNED = True
-    return "torch"
+SPLITS = ("train", "val", "test", "predict")
+__all__ = ["EclipseDataModule", "ffcv_available"]
 
 
 class EclipseDataModule(pl.LightningDataModule):
@@ -68,8 +41,9 @@ class EclipseDataModule(pl.LightningDataModule):
             ``imagefolder:PATH``, ``embedded:train`` ...).
         val: validation data (same forms), or None for no validation loader.
         test: test data (same forms), or None.
+        predict: data for ``Trainer.predict`` (same forms; plain, in stored order), or None.
         batch_size: training batch size per rank.
-        eval_batch_size: val/test batch size (defaults to ``batch_size``).
+        eval_batch_size: val/test/predict batch size (defaults to ``batch_size``).
         num_workers: loader threads (FFCV) / processes (torch); clamped to the cores.
         seed: base seed of the order, augmentation and compensation draws.
         recipe: ``"default"`` or ``"paper"`` (`eclipse_loader.recipes`): the defaults of ``p_gray``,
@@ -79,8 +53,8 @@ class EclipseDataModule(pl.LightningDataModule):
         sigma: Gaussian noise std in [0, 1] units (default recipe 0.03; paper 0.05).
         flip: random horizontal flips in training.
         translate_padding: random translation of up to this many pixels in training (paper: crop with padding 4).
-        mean: per-channel mean in [0, 1] units to normalise with (None: images in [0, 1]).
-        std: per-channel std in [0, 1] units (with ``mean``).
+        mean: per-channel (R, G, B) mean in [0, 1] units to normalise with (None: images in [0, 1]).
+        std: per-channel (R, G, B) std in [0, 1] units (with ``mean``).
         backend: ``"auto"`` (FFCV if importable), ``"ffcv"`` or ``"torch"``.
         cache_dir: where betons derived from non-beton sources (and purified data) are written.
         purify: purify ``train`` with the denoiser in ``denoiser`` during ``prepare_data`` (cached).
@@ -98,6 +72,7 @@ class EclipseDataModule(pl.LightningDataModule):
         train: str,
         val: Optional[str] = None,
         test: Optional[str] = None,
+        predict: Optional[str] = None,
         batch_size: int = 128,
         eval_batch_size: Optional[int] = None,
         num_workers: Optional[int] = None,
@@ -132,11 +107,11 @@ class EclipseDataModule(pl.LightningDataModule):
         sigma = self.recipe.sigma if sigma is None else sigma
         self.augment = AugmentConfig(
             flip=flip, translate_padding=translate_padding, compensate=compensate, p_gray=p_gray, sigma=sigma,
-            mean=None if mean is None else tuple(mean), std=None if std is None else tuple(std),
+            mean=check_channels("mean", mean), std=check_channels("std", std),
         )
-        self.backend = _resolve_backend(backend)
+        self.backend = resolve_backend(backend)
         self.cache_dir = Path(os.path.expanduser(cache_dir))
-        self._sources = {"train": train, "val": val, "test": test}
+        self._sources = {"train": train, "val": val, "test": test, "predict": predict}
         self._data: dict[str, Union[Path, LabelledImages]] = {}
         self._in_memory: dict[str, LabelledImages] = {}
         self._loaders: dict[str, Any] = {}
@@ -148,6 +123,7 @@ class EclipseDataModule(pl.LightningDataModule):
         train: tuple[np.ndarray, np.ndarray],
         val: Optional[tuple[np.ndarray, np.ndarray]] = None,
         test: Optional[tuple[np.ndarray, np.ndarray]] = None,
+        predict: Optional[tuple[np.ndarray, np.ndarray]] = None,
         num_classes: Optional[int] = None,
         **kwargs: Any,
     ) -> "EclipseDataModule":
@@ -156,7 +132,7 @@ class EclipseDataModule(pl.LightningDataModule):
         Other keyword arguments are those of the constructor. With the FFCV backend the arrays are
         written to betons in ``cache_dir`` (keyed by content hash) by ``prepare_data``.
         """
-        splits = {"train": train, "val": val, "test": test}
+        splits = {"train": train, "val": val, "test": test, "predict": predict}
         datamodule = cls(**{k: None if v is None else IN_MEMORY for k, v in splits.items()}, **kwargs)
         for split, pair in splits.items():
             if pair is not None:
@@ -197,6 +173,9 @@ class EclipseDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> Any:
         return self._make("test", self.hparams.eval_batch_size or self.hparams.batch_size, train=False)
 
+    def predict_dataloader(self) -> Any:
+        return self._make("predict", self.hparams.eval_batch_size or self.hparams.batch_size, train=False)
+
     def on_exception(self, exception: BaseException) -> None:
         self.close()
 
@@ -227,7 +206,9 @@ class EclipseDataModule(pl.LightningDataModule):
         if source.endswith(".beton") and not (split == "train" and self.hparams.purify):
             if not Path(source).exists():
                 raise FileNotFoundError(f"{split} beton not found: {source}")
-            return Path(source) if self.backend == "ffcv" else load_source(source)
+            from ..storage.beton import check_beton  # a damaged file: one error naming it, now
+
+            return check_beton(source) if self.backend == "ffcv" else load_source(source)
         data = self._in_memory[split] if split in self._in_memory else load_source(source)
         if split == "train" and self.hparams.purify:
             data_path = self._purified_beton(data, write)
@@ -297,20 +278,9 @@ class EclipseDataModule(pl.LightningDataModule):
         if previous is not None:
             previous.close()
         rank, world, local = self._world()
-        augment = self.augment if train else None
-        if self.backend == "ffcv":
-            from .ffcv_loaders import make_ffcv_loader
-
-            loader = make_ffcv_loader(
-                self._data[split], batch_size, augment=augment, normalize=self.augment, shuffle=train,
-                drop_last=train, seed=self.hparams.seed, num_workers=self.hparams.num_workers,
-                distributed=world > 1, local_world_size=local,
-            )
-        else:
-            loader = TorchEpochLoader(
-                self._data[split], batch_size, augment=augment, normalize=self.augment, shuffle=train, drop_last=train,
-                seed=self.hparams.seed, rank=rank, world_size=world, num_workers=min(self.hparams.num_workers or 0, 2),
-            )
+        loader = build_loader(self.backend, self._data[split], batch_size, train=train, augment=self.augment,
+                              seed=self.hparams.seed, num_workers=self.hparams.num_workers, rank=rank,
+                              world_size=world, local_world_size=local)
         self._loaders[split] = loader
         return loader
 
