@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -37,8 +37,9 @@ from eclipse_loader.data.sparse import check_overlap, select_sparse_indices  # n
 from eclipse_loader.evaluation.defenses import (DEFENSES, Defense, PurifySettings, apply_offline,  # noqa: E402
                                                 offline_steps)
 from eclipse_loader.purify.purifier import PurifyConfig  # noqa: E402
-from eclipse_loader.evaluation.victim import VICTIMS, TrainRecipe, paper_recipe, train_classifier, train_victim  # noqa: E402
+from eclipse_loader.evaluation.victim import VICTIMS, VictimResult, train_classifier, train_victim  # noqa: E402
 from eclipse_loader import poisons  # noqa: E402
+from protocols import GPU_PROTOCOLS, PROTOCOLS, Protocol  # noqa: E402,F401  (re-exported: ablation.py imports them from here)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10.npz"
 ATTACKS = ("ar", "lsp", "ops", "cuda", "classwise-noise", "em", "tap")
@@ -46,62 +47,16 @@ ADAPTIVE = ("em-adaptive-compensation", "em-adaptive-denoiser")
 PURIFY_BATCH = 500
 
 
-@dataclass(frozen=True)
-class Protocol:
-    """Everything that fixes a table's numbers."""
-
-    name: str
-    train_size: Optional[int]  # None: the whole training split
-    sparse_size: int
-    sparse_from: str  # "train" (held-out rest of the training split) or "test"
-    victim: str
-    recipe: TrainRecipe
-    denoiser_preset: str
-    denoiser_steps: int
-    denoiser_batch: int
-    denoiser_lr: float
-    t_star: int
-    purify_steps: Optional[int]  # None: the full chain
-    em: dict[str, Any] = field(default_factory=dict)
-    tap: dict[str, Any] = field(default_factory=dict)
-    crafting_victim: str = ""
-    test_size: Optional[int] = None  # None: every test image not used as the sparse set
-    denoiser_t_max: Optional[int] = None  # highest timestep the denoiser trains on (None: t_star - 1)
-
-
-PROTOCOLS = {
-    "cpu-quick": Protocol(
-        name="cpu-quick", train_size=10_000, sparse_size=2_000, sparse_from="train", victim="quick_cnn",
-        recipe=TrainRecipe(epochs=6, batch_size=128, lr=0.05), denoiser_preset="small", denoiser_steps=1_500,
-        denoiser_batch=32, denoiser_lr=1e-3, t_star=100, purify_steps=2,
-        em=dict(pgd_steps=10, step_size=1.6 / 255, train_steps=10, max_rounds=5, stop_accuracy=0.99),
-        tap=dict(steps=20), crafting_victim="quick_cnn"),
-    "paper": Protocol(
-        name="paper", train_size=None, sparse_size=2_000, sparse_from="test", victim="resnet18",
-        recipe=paper_recipe(), denoiser_preset="paper", denoiser_steps=100_000, denoiser_batch=128,
-        denoiser_lr=1e-4, t_star=100, purify_steps=None,
-        em=dict(pgd_steps=20, step_size=0.8 / 255, train_steps=10, max_rounds=20, stop_accuracy=0.99),
-        tap=dict(steps=250), crafting_victim="resnet18"),
-    # minutes-long end-to-end check of the harness itself (tests/test_defense_harness.py); numbers meaningless
-    "smoke": Protocol(
-        name="smoke", train_size=200, sparse_size=100, sparse_from="train", victim="small_cnn",
-        recipe=TrainRecipe(epochs=1, batch_size=50, lr=0.05), denoiser_preset="tiny", denoiser_steps=3,
-        denoiser_batch=16, denoiser_lr=1e-3, t_star=100, purify_steps=1,
-        em=dict(pgd_steps=2, step_size=2 / 255, train_steps=2, max_rounds=1), tap=dict(steps=2),
-        crafting_victim="small_cnn", test_size=300),
-}
-
-
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def load_splits(protocol: Protocol, seed: int, splits: Optional[Path] = None
+def load_splits(protocol: Protocol, seed: int, splits: Optional[Path] = None, data: Path = DATA
                 ) -> tuple[LabelledImages, LabelledImages, LabelledImages]:
     """(training set to poison, sparse clean set, test set), pairwise disjoint.
 
     ``splits``: an npz written by `save_splits` (to carry a protocol's images to another machine)
-    instead of drawing them from the full CIFAR-10 file.
+    instead of drawing them from the full CIFAR-10 file ``data`` (train_x/train_y/test_x/test_y).
     """
     if splits is not None:
         with np.load(splits, allow_pickle=False) as z:
@@ -109,9 +64,9 @@ def load_splits(protocol: Protocol, seed: int, splits: Optional[Path] = None
         check_overlap(parts[1].images, parts[0].images, "refuse")
         check_overlap(parts[1].images, parts[2].images, "refuse")
         return parts  # type: ignore[return-value]
-    if not DATA.is_file():
-        raise SystemExit(f"CIFAR-10 not found at {DATA} (see ../shared/data/README)")
-    raw = np.load(DATA, allow_pickle=False)
+    if not data.is_file():
+        raise SystemExit(f"CIFAR-10 not found at {data} (see ../shared/data/README)")
+    raw = np.load(data, allow_pickle=False)
     train = LabelledImages(raw["train_x"], raw["train_y"].astype(np.int64), 10)
     test = LabelledImages(raw["test_x"], raw["test_y"].astype(np.int64), 10)
     if protocol.train_size is not None:
@@ -168,13 +123,16 @@ def cached(path: Path, make: Callable[[], LabelledImages],
 
 
 class Harness:
+    purify_batch = PURIFY_BATCH
+    purify_bf16 = False
+
     def __init__(self, protocol: Protocol, workdir: Path, device: str, seed: int, splits: Optional[Path] = None,
-                 victim_seed: Optional[int] = None) -> None:
+                 victim_seed: Optional[int] = None, data: Path = DATA) -> None:
         self.protocol, self.workdir, self.device, self.seed = protocol, workdir, device, seed
         # the victims' own seed (initialisation, batch order, augmentation draws); data, poisons and
         # purification stay on ``seed``, so another victim seed measures training noise alone
         self.victim_seed = seed if victim_seed is None else int(victim_seed)
-        self.train, self.sparse, self.test = load_splits(protocol, seed, splits)
+        self.train, self.sparse, self.test = load_splits(protocol, seed, splits, data)
         workdir.mkdir(parents=True, exist_ok=True)
         self.cells_path = workdir / ("cells.jsonl" if self.victim_seed == seed
                                      else f"cells-victim-seed{self.victim_seed}.jsonl")
@@ -195,6 +153,17 @@ class Harness:
     def _victim_factory(self, name: str) -> Callable[[int], torch.nn.Module]:
         return VICTIMS[name]
 
+    def fit_model(self, data: LabelledImages, augment: Any, seed: int) -> torch.nn.Module:
+        """The crafting victim trained on ``data`` (TAP's clean model); a subclass may train another way."""
+        return train_classifier(data, augment, recipe=self.protocol.recipe, seed=seed,
+                                model_factory=self._victim_factory(self.protocol.crafting_victim), device=self.device)
+
+    def score_victim(self, defended: LabelledImages, defense: Defense) -> VictimResult:
+        """The protocol's victim trained on ``defended`` with ``defense``'s augmentation, scored on the test set."""
+        return train_victim(defended, self.test, defense.augment, recipe=self.protocol.recipe,
+                            seed=self.victim_seed, model_factory=self._victim_factory(self.protocol.victim),
+                            device=self.device)
+
     def clean_model(self) -> torch.nn.Module:
         """The crafting model TAP attacks: the crafting victim trained on the clean training set."""
         path = self.workdir / "tap_crafting_model.pt"
@@ -202,8 +171,7 @@ class Harness:
         if path.is_file():
             model.load_state_dict(torch.load(path, weights_only=True))
             return model
-        model = train_classifier(self.train, DEFENSES["none"].augment, recipe=self.protocol.recipe, seed=self.seed,
-                                 model_factory=self._victim_factory(self.protocol.crafting_victim), device=self.device)
+        model = self.fit_model(self.train, DEFENSES["none"].augment, self.seed)
         torch.save(model.state_dict(), path)
         return model
 
@@ -287,8 +255,8 @@ class Harness:
             for draw in range(settings.draws):
                 purifier = Purifier(unet, scheduler, self.purify_config(settings, draw), device=self.device)
                 out = np.empty_like(data.images)
-                for start in range(0, len(data), PURIFY_BATCH):
-                    stop = min(start + PURIFY_BATCH, len(data))
+                for start in range(0, len(data), self.purify_batch):
+                    stop = min(start + self.purify_batch, len(data))
                     out[start:stop] = purifier.purify(data.images[start:stop], range(start, stop))
                 draws.append(out)
             images = draws[0] if len(draws) == 1 else np.rint(np.mean(draws, axis=0)).astype(np.uint8)
@@ -318,8 +286,9 @@ class Harness:
         """The PurifyConfig of ``settings`` under this protocol; draw ``k`` uses seed ``seed + k``."""
         t_star = settings.t_star if settings.t_star is not None else self.protocol.t_star
         steps = settings.steps if settings.steps is not None else self.protocol.purify_steps
+        # outlier repair is its own offline step ("repair-outliers"), never part of the purifier here
         return PurifyConfig(t_star=t_star, steps=None if steps is None else min(steps, t_star), seed=self.seed + draw,
-                            bf16=False)
+                            bf16=self.purify_bf16, repair_threshold=None)
 
     def purification_gflop_per_image(self, settings: PurifySettings = PurifySettings()) -> Optional[float]:
         """FLOPs of purifying one 32x32 image with this protocol's denoiser and ``settings`` (FlopCounterMode)."""
@@ -350,9 +319,7 @@ class Harness:
         steps = offline_steps(purify=lambda d: self.purify(attack, d, defense.purify, after))
         defended = apply_offline(defense, data, steps)
         offline_s = time.perf_counter() - start
-        result = train_victim(defended, self.test, defense.augment, recipe=self.protocol.recipe,
-                              seed=self.victim_seed, model_factory=self._victim_factory(self.protocol.victim),
-                              device=self.device)
+        result = self.score_victim(defended, defense)
         record = {"attack": attack, "defense": defense.name, "accuracy": result.test_accuracy,
                   "train_seconds": round(result.train_seconds, 1), "offline_seconds": round(offline_s, 1),
                   "seed": self.seed, "victim_seed": self.victim_seed, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -406,9 +373,10 @@ def summarise(harness: Harness, attacks: list[str], adaptive: list[str], defense
     return result
 
 
-def write_outputs(result: dict[str, Any], out_dir: Path) -> Path:
+def write_outputs(result: dict[str, Any], out_dir: Path, suffix: str = "") -> Path:
+    """Write ``result`` as defense-<protocol>-<date><suffix>.{json,md,png} (a victim seed adds its own suffix)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "" if result.get("victim_seed", result["settings"]["seed"]) == result["settings"]["seed"] \
+    suffix += "" if result.get("victim_seed", result["settings"]["seed"]) == result["settings"]["seed"] \
         else f"-victim-seed{result['victim_seed']}"
     stem = out_dir / f"defense-{result['protocol']}-{result['date']}{suffix}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
@@ -426,6 +394,7 @@ def markdown_table(result: dict[str, Any]) -> str:
              f"{result['machine']['cpu']} ({result['machine']['cores']} cores"
              f"{', ' + result['machine']['cuda'] if result['machine']['cuda'] else ''}).",
              f"Command: `{result['command']}`", "",
+             *([f"**{result['label']}**", ""] if result.get("label") else []),
              "| attack | " + " | ".join(defenses) + " |", "|---|" + "---:|" * len(defenses)]
 
     def fmt(row: dict[str, float]) -> str:
@@ -475,6 +444,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--protocol")
+    if pre.parse_known_args(argv)[0].protocol in GPU_PROTOCOLS:
+        import gpu_full  # the airbench victim's protocols have their own runner (and options)
+
+        return gpu_full.main(argv)
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -38,7 +38,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ from eclipse_loader.data.sparse import check_overlap, select_sparse_indices  # n
 from eclipse_loader.evaluation.defenses import CROP_FLIP  # noqa: E402
 from eclipse_loader.evaluation.victim import TrainRecipe, evaluate, quick_cnn, train_classifier  # noqa: E402
 from eclipse_loader.poisons.backdoors import (  # noqa: E402
-    BadNetsTrigger, BlendedTrigger, SIGTrigger, attack_success_rate, poison_dataset)
+    BackdoorPoison, BadNetsTrigger, BlendedTrigger, SIGTrigger, attack_success_rate, poison_dataset)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10.npz"
 TRIGGERS = {"badnets": (BadNetsTrigger(size=4), False), "blended": (BlendedTrigger(alpha=0.1), False),
@@ -104,14 +104,29 @@ def denoiser(workdir: Path, sparse: LabelledImages, seed: int, steps: int) -> Pa
     return out
 
 
+def elixir_sanitize(poisoned: BackdoorPoison, purifier: Any, backdoored: torch.nn.Module, config: Any,
+                    train_fn: Callable[[LabelledImages], torch.nn.Module]) -> tuple[Any, dict[str, Any]]:
+    """DataElixir on ``poisoned`` (``backdoored`` = the suspicious model, ``train_fn`` trains the benign one):
+    the `ElixirResult` and its summary against the true poison mask (also used by gpu_full.py)."""
+    from eclipse_loader.defenses.dataelixir import sanitize
+
+    start = time.perf_counter()
+    total = len(poisoned.data)
+    result = sanitize(poisoned.data, purifier, backdoored, config, train_fn=train_fn,
+                      log=lambda m: log(m) if f"{total}/" in m or "summary" in m else None)
+    info = {"config": {**config.__dict__, "t_star": purifier.t_star, "steps": purifier.config.steps},
+            "seconds": round(time.perf_counter() - start, 1), **result.summary(poisoned.poison_mask)}
+    return result, info
+
+
 def run_dataelixir(args, train, poisoned, sparse, backdoored, recipe) -> tuple[LabelledImages, dict[str, Any]]:
-    from eclipse_loader.defenses.dataelixir import ElixirConfig, sanitize
+    from eclipse_loader.defenses.dataelixir import ElixirConfig
     from eclipse_loader.denoiser.io import load_denoiser
     from eclipse_loader.purify.purifier import Purifier, PurifyConfig
 
     unet, scheduler = load_denoiser(denoiser(args.workdir, sparse, args.seed, args.denoiser_steps))
-    purifier = Purifier(unet, scheduler, PurifyConfig(noise_std=NOISE_STD, steps=args.elixir_steps, sampler="ddpm",
-                                                      seed=args.seed))
+    purifier = Purifier(unet, scheduler, PurifyConfig(noise_std=NOISE_STD, t_star=None, steps=args.elixir_steps,
+                                                      sampler="ddpm", seed=args.seed, repair_threshold=None))
     config = ElixirConfig(rounds=args.elixir_rounds, intermediaries=args.elixir_steps, tau=args.elixir_tau,
                           batch_size=250)
 
@@ -119,12 +134,8 @@ def run_dataelixir(args, train, poisoned, sparse, backdoored, recipe) -> tuple[L
         log(f"  training the benign model on {len(data)} sanitised images")
         return train_classifier(data, CROP_FLIP, recipe=recipe, seed=args.seed + 7, model_factory=quick_cnn)
 
-    start = time.perf_counter()
-    result = sanitize(poisoned.data, purifier, backdoored, config, train_fn=benign,
-                      log=lambda m: log(m) if "5000/" in m or "summary" in m else None)
-    info = {"config": {**config.__dict__, "noise_std": NOISE_STD, "t_star": purifier.t_star,
-                       "steps": args.elixir_steps, "denoiser_steps": args.denoiser_steps},
-            "seconds": round(time.perf_counter() - start, 1), **result.summary(poisoned.poison_mask)}
+    result, info = elixir_sanitize(poisoned, purifier, backdoored, config, benign)
+    info["config"].update(noise_std=NOISE_STD, denoiser_steps=args.denoiser_steps)
     if args.beton:
         result.write_beton(args.workdir / f"{args.attack}-dataelixir.beton", progress=False)
     return result.data, info

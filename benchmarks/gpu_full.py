@@ -1,0 +1,268 @@
+"""Protocol ``gpu-full``: the attack x defence table at full CIFAR-10 scale with a 94%-class victim.
+
+    python benchmarks/gpu_full.py --protocol gpu-full --data .gpu/cifar10.npz --budget-minutes 9   # the lent GPU
+    python benchmarks/gpu_full.py --protocol gpu-full-dry --threads 2                               # CPU rehearsal
+    (``benchmarks/defense.py --protocol gpu-full ...`` runs this too; ``benchmarks/gpu_full.sh`` is the GPU command)
+
+Protocol (`protocols.GPU_PROTOCOLS`): all 50,000 training images poisoned; the 2,000-image sparse clean
+set (the denoiser's training set) drawn class-balanced from the TEST split, and every score taken on the
+other 8,000 test images (the paper's arrangement); victim: the airbench94-style network
+(`eclipse_loader.evaluation.airbench`, 10 epochs, batch 1024, TTA), every defence keeping airbench's own
+flip + 2-px translate and adding its compensation; attacks crafted on the device (EM and TAP against an
+airbench network, bf16 autocast); denoiser: the ``small`` preset, 4,000 steps at batch 256 on t <= 399,
+which serves both eclipse-paper (t* = 100) and eclipse (t* = 400), both purifying with 2 network calls
+(the paper's full 100-step chain does not fit the budget) in bf16; DataElixir against BadNets and Blended
+(10% dirty label, target 0) with a second small denoiser trained on t <= 750 (noise std 0.3, as at CPU
+scale), airbench as the suspicious, benign and final model.
+
+Stages run cheapest-first: the clean row, then every attack x (none, jpeg10, grayscale), then x eclipse,
+x eclipse-paper, x auto (when `eclipse_loader.evaluation.defenses` registers it), DataElixir, and with
+``--resnet18`` ResNet-18 rows (80 epochs). ``--budget-minutes`` stops before the next cell once the budget
+is spent. Every finished cell is appended to ``cells.jsonl`` in the work dir and the JSON / markdown / PNG
+are rewritten after it, so a cut-off run keeps every finished cell; a rerun resumes from the cache.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from _common import RESULTS, command_line, write_json_atomic
+from defense import ATTACKS, DATA, Harness, log, markdown_table, summarise, write_outputs
+from protocols import GPU_PROTOCOLS, GpuProtocol
+
+from eclipse_loader import poisons
+from eclipse_loader.data.images import LabelledImages
+from eclipse_loader.evaluation.airbench import (autocast_factory, evaluate_tta, train_airbench,
+                                                train_airbench_victim, with_autocast)
+from eclipse_loader.evaluation.defenses import CROP_FLIP, DEFENSES, Defense
+from eclipse_loader.evaluation.victim import VictimResult, resnet18_cifar, train_victim
+
+EXTRA_ATTACKS = ("rem",) if hasattr(poisons, "robust_error_minimizing") else ()
+CHEAP, PURIFYING = ("none", "jpeg10", "grayscale"), ("eclipse", "eclipse-paper")
+BACKDOORS = ("badnets", "blended")
+RESNET = "@resnet18"
+
+
+class GpuHarness(Harness):
+    """`Harness` with the airbench victim, bf16 purification and per-cell error capture."""
+
+    def __init__(self, protocol: GpuProtocol, *args: Any, **kwargs: Any) -> None:
+        super().__init__(protocol, *args, **kwargs)
+        self.purify_batch = protocol.purify_batch
+        self.purify_bf16 = protocol.purify_bf16 and str(self.device).startswith("cuda")
+        self.errors: list[dict[str, str]] = []
+
+    def _victim_factory(self, name: str) -> Callable[[int], torch.nn.Module]:
+        if name == "airbench94":
+            return autocast_factory(self.train, self.protocol.airbench.widths)
+        return super()._victim_factory(name)
+
+    def fit_model(self, data: LabelledImages, augment: Any, seed: int) -> torch.nn.Module:
+        return train_airbench(data, augment, config=self.protocol.airbench, seed=seed, device=self.device)
+
+    def clean_model(self) -> torch.nn.Module:
+        """TAP's crafting model: airbench trained on the clean training set (cached), under autocast."""
+        path = self.workdir / "tap_crafting_model.pt"
+        if path.is_file():
+            model = autocast_factory(None, self.protocol.airbench.widths)(10)
+            model.model.load_state_dict(torch.load(path, weights_only=True))
+            return model.to(self.device)
+        net = self.fit_model(self.train, DEFENSES["none"].augment, self.seed)
+        torch.save(net.state_dict(), path)
+        return with_autocast(net)
+
+    def poisoned(self, attack: str) -> LabelledImages:
+        if attack == "rem":  # REM, once the poisons package has it: crafted with the EM settings
+            return _cached_rem(self)
+        return super().poisoned(attack)
+
+    def score_victim(self, defended: LabelledImages, defense: Defense) -> VictimResult:
+        if defense.name.endswith(RESNET):
+            return train_victim(defended, self.test, defense.augment, recipe=self.protocol.resnet_recipe,
+                                seed=self.victim_seed, model_factory=resnet18_cifar, device=self.device)
+        return train_airbench_victim(defended, self.test, defense.augment, config=self.protocol.airbench,
+                                     seed=self.victim_seed, device=self.device)
+
+    def try_cell(self, attack: str, defense: Defense) -> None:
+        try:
+            self.run_cell(attack, defense)
+        except Exception as exc:  # one broken cell must not cost the others: recorded, and the run exits 1
+            log(f"{attack} x {defense.name} FAILED: {exc!r}")
+            self.errors.append({"attack": attack, "defense": defense.name, "error": repr(exc),
+                                "traceback": traceback.format_exc()[-2000:]})
+
+
+def _cached_rem(h: GpuHarness) -> LabelledImages:
+    from defense import cached
+
+    make = lambda: poisons.robust_error_minimizing(h.train, h._victim_factory(h.protocol.crafting_victim),  # noqa: E731
+                                                   seed=h.seed, device=h.device, log=log, **h.protocol.em)
+    return cached(h.workdir / "poisons" / "rem.npz", make, lambda s: h.record_timing("craft_rem_s", s))
+
+
+def run_backdoor(h: GpuHarness, attack: str) -> dict[str, Any]:
+    """DataElixir against ``attack`` at this protocol's scale (cached as backdoor-<attack>.json)."""
+    from other_defenses_backdoor import TRIGGERS, elixir_sanitize
+
+    from eclipse_loader.defenses.dataelixir import ElixirConfig
+    from eclipse_loader.denoiser.io import load_denoiser
+    from eclipse_loader.poisons.backdoors import attack_success_rate, poison_dataset
+    from eclipse_loader.purify.purifier import Purifier, PurifyConfig
+
+    path = h.workdir / f"backdoor-{attack}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    p, e, start = h.protocol, h.protocol.elixir, time.perf_counter()
+    trigger, clean_label = TRIGGERS[attack]
+    poisoned = poison_dataset(h.train, trigger, target=0, ratio=e["ratio"], clean_label=clean_label, seed=h.seed)
+
+    def fit(data: LabelledImages, seed: int) -> torch.nn.Module:
+        return with_autocast(train_airbench(data, CROP_FLIP, config=p.airbench, seed=seed, device=h.device))
+
+    def scores(model: torch.nn.Module) -> dict[str, float]:
+        return {"clean_accuracy": evaluate_tta(model.model, h.test, p.airbench.tta_level, device=h.device),
+                "attack_success_rate": attack_success_rate(model, h.test, trigger, 0)}
+
+    backdoored = fit(poisoned.data, h.victim_seed)
+    row: dict[str, Any] = {"attack": attack, "defense": "dataelixir", "no_defense": scores(backdoored)}
+    log(f"{attack}, no defence: {row['no_defense']}")
+    unet, scheduler = load_denoiser(h.denoiser(t_max=e["t_max"]))
+    purifier = Purifier(unet, scheduler, PurifyConfig(t_star=None, noise_std=e["noise_std"], steps=e["steps"],
+                                                      sampler="ddpm", seed=h.seed, bf16=h.purify_bf16,
+                                                      repair_threshold=None), device=h.device)
+    config = ElixirConfig(rounds=e["rounds"], intermediaries=e["steps"], tau=e["tau"], batch_size=e["batch_size"])
+    result, info = elixir_sanitize(poisoned, purifier, backdoored, config, lambda d: fit(d, h.seed + 7))
+    row["defended"] = scores(fit(result.data, h.victim_seed))
+    row["defense_info"] = {**info, "noise_std": e["noise_std"], "denoiser_t_max": e["t_max"]}
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    log(f"{attack}, dataelixir: {row['defended']} (target found: {info.get('targets')})")
+    write_json_atomic(path, row)
+    return row
+
+
+def plan(attacks: list[str], defenses: list[str], resnet18: bool) -> list[tuple[str, str]]:
+    """The cells in the order they run: cheapest defences over every attack first, then each costly one."""
+    order = [("none", "none")]
+    for group in ([d for d in defenses if d in CHEAP], *[[d] for d in defenses if d not in CHEAP]):
+        order += [(a, d) for d in group for a in ["none", *attacks] if (a, d) not in order]
+    if resnet18:
+        order += [(a, d + RESNET) for a in ("none", attacks[0]) for d in ("none", "eclipse")]
+    return order
+
+
+def report(h: GpuHarness, attacks: list[str], defenses: list[str], args: argparse.Namespace, started: float,
+           backdoor: dict[str, Any], budget_hit: bool) -> Path:
+    result = summarise(h, attacks, [], defenses, args, started)
+    result["device_name"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (no CUDA device)"
+    result["resnet18"] = {a: {d[:-len(RESNET)]: c["accuracy"] for (a2, d), c in h.cells.items() if a2 == a
+                              and d.endswith(RESNET)} for a in {a for a, d in h.cells if d.endswith(RESNET)}}
+    result["dataelixir"] = backdoor
+    result["errors"] = h.errors
+    result["stopped_by_budget"] = budget_hit
+    result["budget_minutes"] = args.budget_minutes
+    if args.label:
+        result["label"] = args.label
+    result["protocol_notes"] = __doc__.split("Protocol (", 1)[1].split("Stages run", 1)[0].strip()
+    path = write_outputs(result, args.out, suffix=args.suffix)
+    with open(path.with_suffix(".md"), "a") as md:
+        md.write(f"\nDevice: {result['device_name']}. Stopped by the budget: {budget_hit}. Errors: {len(h.errors)}.\n")
+        if result["resnet18"]:
+            md.write("\nResNet-18 (paper recipe) rows, clean test accuracy (%):\n\n| attack | defence | accuracy |\n"
+                     "|---|---|---:|\n" + "".join(f"| {a} | {d} | {100 * v:.1f} |\n" for a, row in
+                                                   result["resnet18"].items() for d, v in row.items()))
+        if backdoor:
+            md.write("\nDataElixir (airbench victim; CA = clean accuracy, ASR = attack success rate, %):\n\n"
+                     "| backdoor | CA no defence | ASR no defence | CA DataElixir | ASR DataElixir | target found |\n"
+                     "|---|---:|---:|---:|---:|---|\n" + "".join(
+                         f"| {b} | {100 * r['no_defense']['clean_accuracy']:.1f} | "
+                         f"{100 * r['no_defense']['attack_success_rate']:.1f} | {100 * r['defended']['clean_accuracy']:.1f} | "
+                         f"{100 * r['defended']['attack_success_rate']:.1f} | {r['defense_info'].get('targets')} |\n"
+                         for b, r in backdoor.items()))
+    return path
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--protocol", choices=sorted(GPU_PROTOCOLS), default="gpu-full")
+    ap.add_argument("--attacks", default=",".join((*ATTACKS, *EXTRA_ATTACKS)))
+    ap.add_argument("--defenses", default=",".join(d for d in (*CHEAP, *PURIFYING, "auto") if d in DEFENSES))
+    ap.add_argument("--backdoors", default=",".join(BACKDOORS), help="DataElixir rows ('' for none)")
+    ap.add_argument("--resnet18", action="store_true", help="also ResNet-18 rows (paper recipe) after the rest")
+    ap.add_argument("--budget-minutes", type=float, default=None, help="start no new cell after this long")
+    ap.add_argument("--data", type=Path, default=DATA, help="CIFAR-10 npz (train_x, train_y, test_x, test_y)")
+    ap.add_argument("--splits", type=Path, default=None, help="an npz of train/sparse/test splits instead")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--suffix", default="", help="appended to the output file stem (e.g. -dryrun-cpu)")
+    ap.add_argument("--label", default="", help="a note stored in the JSON (e.g. 'CPU dry run, numbers meaningless')")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args(argv)
+    args.command_line = command_line().replace(" --report-only", "")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    protocol = GPU_PROTOCOLS[args.protocol]
+    attacks, defenses = [a for a in args.attacks.split(",") if a], [d for d in args.defenses.split(",") if d]
+    known = (*ATTACKS, *EXTRA_ATTACKS)
+    for kind, chosen, names in (("attack", attacks, known), ("defense", defenses, tuple(DEFENSES)),
+                                ("backdoor", [b for b in args.backdoors.split(",") if b], BACKDOORS)):
+        if [c for c in chosen if c not in names]:
+            raise SystemExit(f"unknown {kind}(s) {[c for c in chosen if c not in names]}; choose from {list(names)}")
+    started = time.perf_counter()
+    h = GpuHarness(protocol, args.workdir or Path("bench-work") / f"defense-{protocol.name}", args.device, args.seed,
+                   splits=args.splits, data=args.data)
+    log(f"protocol {protocol.name} on {args.device}: {len(h.train)} training, {len(h.sparse)} sparse, "
+        f"{len(h.test)} test images; {len(h.cells)} cells already done")
+    backdoor = {b: json.loads(p.read_text()) for b in BACKDOORS if (p := h.workdir / f"backdoor-{b}.json").is_file()}
+    budget_hit = False
+
+    def over_budget() -> bool:
+        return args.budget_minutes is not None and time.perf_counter() - started > 60 * args.budget_minutes
+
+    if not args.report_only:
+        for attack, name in plan(attacks, defenses, args.resnet18):
+            if (attack, name) in h.cells:
+                continue
+            if over_budget():
+                budget_hit = True
+                break
+            base = DEFENSES[name.removesuffix(RESNET)]
+            h.try_cell(attack, replace(base, name=name) if name.endswith(RESNET) else base)
+            report(h, attacks, defenses, args, started, backdoor, budget_hit)
+        for b in [b for b in args.backdoors.split(",") if b and b not in backdoor]:
+            if budget_hit or over_budget():
+                budget_hit = True
+                break
+            try:
+                backdoor[b] = run_backdoor(h, b)
+            except Exception as exc:
+                log(f"dataelixir x {b} FAILED: {exc!r}")
+                h.errors.append({"attack": b, "defense": "dataelixir", "error": repr(exc),
+                                 "traceback": traceback.format_exc()[-2000:]})
+            report(h, attacks, defenses, args, started, backdoor, budget_hit)
+    path = report(h, attacks, defenses, args, started, backdoor, budget_hit)
+    log(f"wrote {path} ({len(h.cells)} cells, {len(h.errors)} errors{', budget reached' if budget_hit else ''})")
+    print(markdown_table(json.loads(path.read_text())), flush=True)
+    return 1 if h.errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
