@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="shrink the proxy (images, then epochs) so the estimate fits; no candidate is dropped")
     parser.add_argument("--proxy-images", type=int, default=2000, help="class-balanced proxy training images")
     parser.add_argument("--proxy-epochs", type=int, default=30, help="proxy epochs (it must fit its training set)")
+    parser.add_argument("--proxy-width", type=int, default=16, help="channel width of the proxy CNN")
+    parser.add_argument("--proxy-batch-size", type=int, default=128, help="proxy batch size")
     parser.add_argument("--t-stars", default="100,200,400,600", help="purification t* candidates (comma list)")
     parser.add_argument("--purify-steps", type=int, default=None, help="reverse steps (default: the default recipe's)")
     parser.add_argument("--denoiser-trained-on", default=None, metavar="SOURCE",
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t_stars = _t_stars(args.t_stars)
-    proxy = ProxySettings(images=args.proxy_images, epochs=args.proxy_epochs)
+    proxy = ProxySettings(images=args.proxy_images, epochs=args.proxy_epochs, width=args.proxy_width,
+                          batch_size=args.proxy_batch_size)
     train, trusted = load_source(args.source), load_source(args.trusted)
     purify_fn, seen = None, None
     steps = DEFAULT_RECIPE.purify_steps if args.purify_steps is None else args.purify_steps
