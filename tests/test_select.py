@@ -1,4 +1,4 @@
-"""Defence selection end to end on synthetic data where the poison is trivially detectable (tests/_select_data.py)."""
+"""Defence selection end to end on synthetic data where the poison is trivially detectable (tests/test_select_data.py)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ from eclipse_loader.select.proxy import ProxySettings
 from eclipse_loader.select.report import write_report
 from eclipse_loader.select.run import CACHE_NAME, select_defense
 
-from ._select_data import chroma_poison, stripes
+from .test_select_data import chroma_poison, stripes
 
 PROXY = ProxySettings(images=400, epochs=8, width=8, batch_size=32)
 CANDIDATES = [Candidate(), Candidate(grayscale=True), Candidate(jpeg=10), Candidate(augment="rsk-ff")]

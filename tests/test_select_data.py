@@ -1,4 +1,4 @@
-"""Synthetic data for the selection tests: a trivially learnable clean task and a poison grayscale removes.
+"""Synthetic data for the selection tests (no tests here): a trivially learnable clean task and a poison grayscale removes.
 
 Clean: 4 classes of grey stripe textures (vertical / horizontal x period 4 / 8 pixels, random phase,
 pixel noise), invariant to flips and shifts so the proxy's crop + flip keep the classes apart.
