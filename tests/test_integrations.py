@@ -90,3 +90,21 @@ def test_plain_pytorch_recipe(tmp_path, cifar):
     epochs = re.findall(r"^epoch (\d): train_loss \d+\.\d+\s+val_acc (\d\.\d+)", out, re.MULTILINE)
     assert [e for e, _ in epochs] == ["0", "1"], out[-4000:]
     assert re.search(r"^final val accuracy: \d\.\d+$", out, re.MULTILINE), out[-4000:]
+
+
+@requires_ffcv
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_lightning_cli_evaluates_on_the_ffcv_backend(tmp_path, subcommand):
+    """`train_cifar.py validate|test --config ...` on FFCV used to hang after an inference-mode error in
+    FFCV's worker thread (Lightning evaluates under torch.inference_mode)."""
+    stage = "val" if subcommand == "validate" else "test"
+    out = run_recipe(
+        INTEGRATIONS / "lightning_cli" / "train_cifar.py", subcommand,
+        "--config", INTEGRATIONS / "lightning_cli" / "config.yaml",
+        "--trainer.accelerator=cpu", "--trainer.devices=1", f"--trainer.limit_{stage}_batches=2",
+        "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path / 'run'}",
+        "--data.test=embedded:test", "--data.eval_batch_size=16", "--data.backend=ffcv",
+        f"--data.cache_dir={tmp_path / 'cache'}", timeout=240,
+    )
+    match = re.search(rf"epoch 0: {stage}_acc (\d\.\d+) \((\d+)/(\d+)\)", out)
+    assert match and int(match.group(3)) == 32, out[-4000:]  # 2 batches of 16, all seen

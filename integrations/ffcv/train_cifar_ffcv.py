@@ -12,6 +12,8 @@ Differences from FFCV's example: argparse instead of fastargs; ``--device cpu`` 
 ``cuda:0``); ``--num-workers`` is clamped to the cores (FFCV raises above them); the model and optimiser
 follow ECLIPSE's victim protocol (CIFAR ResNet-18, SGD lr 0.1, momentum 0.9, batch 128, constant lr)
 and the augmentation is ECLIPSE's (flip, translate by 4, then the compensation; no Cutout).
+The compensation's p_gray / sigma default to the ``default`` recipe's (`eclipse_loader.recipes`);
+``--recipe paper`` gives the paper's, ``--p-gray`` / ``--sigma`` override either.
 """
 from argparse import ArgumentParser
 from typing import List
@@ -32,6 +34,7 @@ from ffcv.transforms.common import Squeeze
 
 from eclipse_loader import CompensateFFCV
 from eclipse_loader.adapters.ffcv_loaders import clamp_workers
+from eclipse_loader.recipes import RECIPES, get_recipe
 
 CIFAR_MEAN = [125.307, 122.961, 113.8575]  # 0-255 scale, as in FFCV's example
 CIFAR_STD = [51.5865, 50.847, 51.255]
@@ -143,10 +146,17 @@ def parse_args(argv=None):
     training.add_argument('--progress', action='store_true', help='show a progress bar per epoch')
     aug = parser.add_argument_group('augmentation')
     aug.add_argument('--translate-padding', type=int, default=4)
-    aug.add_argument('--p-gray', type=float, default=0.4, help='compensation: grayscale probability')
-    aug.add_argument('--sigma', type=float, default=0.05, help='compensation: noise std, [0, 1] pixel units')
+    aug.add_argument('--recipe', choices=sorted(RECIPES), default='default',
+                     help="defaults of --p-gray and --sigma: the 'default' recipe's or the 'paper' ones")
+    aug.add_argument('--p-gray', type=float, default=None, help="compensation: grayscale probability (default: the recipe's)")
+    aug.add_argument('--sigma', type=float, default=None,
+                     help="compensation: noise std, [0, 1] pixel units (default: the recipe's)")
     aug.add_argument('--no-compensation', action='store_true', help='leave CompensateFFCV out (baseline)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    recipe = get_recipe(args.recipe)
+    args.p_gray = recipe.p_gray if args.p_gray is None else args.p_gray
+    args.sigma = recipe.sigma if args.sigma is None else args.sigma
+    return args
 
 
 if __name__ == '__main__':

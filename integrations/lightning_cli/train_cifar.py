@@ -9,7 +9,9 @@ lr 0.1, no weight decay, batch 128, 80 epochs, constant learning rate, last-epoc
         --data.train purified/cifar10_train.beton --data.val cifar10:data/cifar10:test --trainer.max_epochs 80
     python integrations/lightning_cli/train_cifar.py fit --print_config     # every option, with defaults
 
-Validation accuracy is logged as ``val_acc`` and printed once per epoch (``epoch N: val_acc ...``).
+Validation accuracy is logged as ``val_acc`` and printed once per epoch (``epoch N: val_acc ...``);
+``test`` does the same with ``test_acc`` on ``data.test``; ``predict`` returns the predicted classes
+of ``data.predict``. All four subcommands work with either data backend.
 """
 from __future__ import annotations
 
@@ -73,23 +75,41 @@ class CifarResNet(pl.LightningModule):
         self.log("train_loss", loss, prog_bar=True, batch_size=len(labels))
         return loss
 
+    def _evaluate_batch(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.log(f"{stage}_loss", F.cross_entropy(logits, labels), sync_dist=True, batch_size=len(labels))
+        self._correct += int((logits.argmax(1) == labels).sum())
+        self._seen += len(labels)
+
+    def _report_accuracy(self, stage: str) -> None:
+        counts = torch.tensor([self._correct, self._seen], dtype=torch.float64, device=self.device)
+        correct, seen = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()  # summed over ranks
+        accuracy = correct / max(seen, 1)
+        self.log(f"{stage}_acc", accuracy, prog_bar=True)
+        if not self.trainer.sanity_checking:
+            self.print(f"epoch {self.current_epoch}: {stage}_acc {accuracy:.4f} ({int(correct)}/{int(seen)})")
+
     def on_validation_epoch_start(self) -> None:
         self._correct = self._seen = 0
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        images, labels = batch
-        logits = self(images)
-        self.log("val_loss", F.cross_entropy(logits, labels), sync_dist=True, batch_size=len(labels))
-        self._correct += int((logits.argmax(1) == labels).sum())
-        self._seen += len(labels)
+        self._evaluate_batch(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        counts = torch.tensor([self._correct, self._seen], dtype=torch.float64, device=self.device)
-        correct, seen = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()  # summed over ranks
-        accuracy = correct / max(seen, 1)
-        self.log("val_acc", accuracy, prog_bar=True)
-        if not self.trainer.sanity_checking:
-            self.print(f"epoch {self.current_epoch}: val_acc {accuracy:.4f} ({int(correct)}/{int(seen)})")
+        self._report_accuracy("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._correct = self._seen = 0
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate_batch(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._report_accuracy("test")
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self(batch[0]).argmax(1)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -26,6 +26,7 @@ import torchvision
 from torch import nn
 
 from eclipse_loader import EclipseDataModule
+from eclipse_loader.recipes import RECIPES
 
 
 def resnet18_cifar(num_classes: int = 10) -> nn.Module:
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--cosine", action="store_true", help="cosine-anneal the lr over --epochs (default: constant)")
     parser.add_argument("--no-compensation", action="store_true", help="train without the compensation (baseline)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="default",
+                        help="compensation settings: the 'default' recipe's or the 'paper' ones (eclipse_loader.recipes)")
     parser.add_argument("--backend", choices=["auto", "ffcv", "torch"], default="auto")
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--cache-dir", default="~/.cache/eclipse-loader")
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> float:
     # ---- data: the DataModule hooks, called by hand, in Lightning's order ----
     dm = EclipseDataModule(
         train=args.train, val=args.val, batch_size=args.batch_size, eval_batch_size=2 * args.batch_size,
-        num_workers=args.num_workers, seed=args.seed, compensate=not args.no_compensation,
+        num_workers=args.num_workers, seed=args.seed, recipe=args.recipe, compensate=not args.no_compensation,
         backend=args.backend, cache_dir=args.cache_dir,
     )
     dm.prepare_data()  # writes betons for the FFCV backend (cached); nothing for the torch backend
