@@ -1,0 +1,68 @@
+"""benchmarks/gpu_full.py end to end on its CPU rehearsal `gpu-full-dry`, on synthetic splits (no CIFAR-10):
+schema, device name, DataElixir rows, per-cell outputs, resume, the time budget."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _splits(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for key, n in (("train", 300), ("sparse", 100), ("test", 200)):
+        arrays[f"{key}_x"] = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        arrays[f"{key}_y"] = np.arange(n) % 10
+    np.savez(path, **arrays)
+    return path
+
+
+def _run(tmp_path: Path, *extra: str, script: str = "gpu_full.py") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCH / script), "--protocol", "gpu-full-dry", "--splits", str(_splits(tmp_path / "s.npz")),
+         "--attacks", "ops,tap", "--defenses", "none,jpeg10,eclipse", "--workdir", str(tmp_path / "work"),
+         "--out", str(tmp_path / "out"), "--device", "cpu", "--threads", "1", "--suffix=-dry", *extra],
+        capture_output=True, text=True, timeout=300)
+
+
+def test_dry_protocol_end_to_end_resumes_and_names_the_device(tmp_path):
+    first = _run(tmp_path, "--backdoors", "badnets", script="defense.py")  # defense.py hands gpu-full* over
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    (path,) = (tmp_path / "out").glob("defense-gpu-full-dry-*-dry.json")
+    result = json.loads(path.read_text())
+    assert result["protocol"] == "gpu-full-dry" and result["device_name"] == "cpu (no CUDA device)"
+    assert set(result["table"]) == {"none", "ops", "tap"}
+    assert all(set(row) == {"none", "jpeg10", "eclipse"} for row in result["table"].values())
+    assert result["clean_accuracy"] == result["table"]["none"]["none"] and result["complete"] is True
+    assert result["settings"]["sparse_from"] == "test" and result["settings"]["victim"] == "airbench94"
+    assert result["errors"] == [] and result["stopped_by_budget"] is False
+    elixir = result["dataelixir"]["badnets"]
+    assert {"no_defense", "defended", "defense_info"} <= set(elixir)
+    assert 0 <= elixir["defended"]["attack_success_rate"] <= 1 and "targets" in elixir["defense_info"]
+    assert "DataElixir" in path.with_suffix(".md").read_text() and path.with_suffix(".png").is_file()
+    cells = (tmp_path / "work" / "cells.jsonl").read_text().splitlines()
+    assert len(cells) == 9
+
+    second = _run(tmp_path, "--backdoors", "badnets")  # all cached: no new cell, same table
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (tmp_path / "work" / "cells.jsonl").read_text().splitlines() == cells
+    assert json.loads(path.read_text())["table"] == result["table"]
+
+
+def test_budget_stops_before_the_next_cell_and_still_writes_the_result(tmp_path):
+    run = _run(tmp_path, "--backdoors", "", "--budget-minutes", "0")
+    assert run.returncode == 0, run.stderr[-3000:]
+    (path,) = (tmp_path / "out").glob("defense-gpu-full-dry-*-dry.json")
+    result = json.loads(path.read_text())
+    assert result["stopped_by_budget"] is True and result["complete"] is False
+    assert not (tmp_path / "work" / "cells.jsonl").exists()
+
+
+def test_unknown_defense_is_refused(tmp_path):
+    run = _run(tmp_path, "--defenses", "none,xyz")
+    assert run.returncode != 0 and "xyz" in run.stderr
