@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
 # name -> module exposing `register(subparsers)`; each module adds its own parser and handler
@@ -31,8 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds: locks released, temporary files removed
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None
     try:
         return int(args.func(args) or 0)
     except Exception as error:
@@ -40,6 +48,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"eclipse-loader {args.command}: error: {error}", file=sys.stderr)  # bad input: one line, no traceback
         return 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _input_errors() -> tuple[type[Exception], ...]:

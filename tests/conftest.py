@@ -1,4 +1,9 @@
-"""Shared fixtures: small slices of the real CIFAR-10 (../shared/data/cifar10.npz) and tiny betons."""
+"""Shared fixtures: the embedded CIFAR-10 sample (shipped with the package) and tiny betons.
+
+Tests never read ``../shared``: a fresh clone has none beside it. ``cifar`` is the embedded sample in
+the layout of the full archive: ``train_x`` = its 2,000 train + 500 trusted images, ``test_x`` = its
+500 test images (uint8 NHWC, labels int64).
+"""
 from __future__ import annotations
 
 import os
@@ -9,9 +14,6 @@ import numpy as np
 import pytest
 
 from eclipse_loader.data.images import LabelledImages, as_labelled_images
-
-CIFAR_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10.npz"
-
 
 def _ffcv_importable() -> bool:
     from eclipse_loader.adapters.lightning_datamodule import ffcv_available
@@ -25,12 +27,19 @@ requires_ffcv = pytest.mark.skipif(
 )
 
 
+def embedded_cifar() -> dict[str, np.ndarray]:
+    """The embedded sample as arrays: ``train_x/train_y`` (2,500), ``test_x/test_y`` (500)."""
+    from eclipse_loader.data.embedded import load_embedded
+
+    train, trusted, test = (load_embedded(split) for split in ("train", "trusted", "test"))
+    return {"train_x": np.concatenate([train.images, trusted.images]),
+            "train_y": np.concatenate([train.labels, trusted.labels]),
+            "test_x": test.images, "test_y": test.labels}
+
+
 @pytest.fixture(scope="session")
 def cifar() -> dict[str, np.ndarray]:
-    if not CIFAR_NPZ.exists():
-        pytest.fail(f"test data missing: {CIFAR_NPZ}")
-    with np.load(CIFAR_NPZ) as archive:
-        return {k: archive[k] for k in ("train_x", "train_y", "test_x", "test_y")}
+    return embedded_cifar()
 
 
 @pytest.fixture(scope="session")

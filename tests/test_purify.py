@@ -17,14 +17,11 @@ from eclipse_loader.purify.purifier import Purifier, PurifyConfig, sample_seed, 
 from eclipse_loader.purify.run import cache_key
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR = REPO / "../shared/data/cifar10.npz"
-pytestmark = pytest.mark.skipif(not CIFAR.exists(), reason="CIFAR-10 npz not available")
 
 
 @pytest.fixture(scope="module")
-def images():
-    with np.load(CIFAR) as archive:
-        return as_labelled_images(archive["test_x"][:48], archive["test_y"][:48], 10)
+def images(cifar):
+    return as_labelled_images(cifar["test_x"][:48], cifar["test_y"][:48], 10)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +45,8 @@ def cosine_abar(t: int, T: int = 4000, s: float = 0.008) -> float:
 
 
 def test_default_t_star_and_closed_form_noising(denoiser_dir):
-    p = make_purifier(denoiser_dir)
+    assert (make_purifier(denoiser_dir).t_star, make_purifier(denoiser_dir).timesteps) == (400, [399, 0])  # default recipe
+    p = make_purifier(denoiser_dir, t_star=100, steps=None)  # the paper's full chain
     assert p.t_star == 100 and len(p.timesteps) == 100 and p.timesteps[0] == 99 and p.timesteps[-1] == 0
     abar = cosine_abar(100)  # independent of diffusers: the cosine schedule's closed form
     assert abs(math.sqrt(1 - abar) - 0.0499) < 1e-3
@@ -57,7 +55,7 @@ def test_default_t_star_and_closed_form_noising(denoiser_dir):
     expected = math.sqrt(abar) * x0 + math.sqrt(1 - abar) * eps
     torch.testing.assert_close(p.add_noise(x0, eps), expected, atol=2e-6, rtol=0)
     torch.testing.assert_close(p.add_noise(x0, eps), build_scheduler().add_noise(x0, eps, torch.tensor([99])), atol=1e-6, rtol=0)
-    assert make_purifier(denoiser_dir, noise_std=0.0294).t_star == 50
+    assert make_purifier(denoiser_dir, t_star=None, noise_std=0.0294).t_star == 50
     assert make_purifier(denoiser_dir, t_star=150).timesteps[0] == 149
 
 
@@ -181,7 +179,7 @@ def test_kill_and_resume_gives_each_sample_once(denoiser_dir, images, tmp_path):
     computed = [int(v) for v in record.read_text().split()]
     assert sorted(computed + done_idx) == list(range(48)), "every sample exactly once across the two runs"
     assert not set(computed) & set(done_idx)
-    assert not work.exists()  # cleaned up after success
+    assert work.is_dir() and list(work.iterdir()) == []  # the job's files removed; the user's folder kept
 
     subprocess.run(command("b.beton", "b.npz", 16, 48, "-", "-"), cwd=REPO, check=True, capture_output=True)
     resumed, straight = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
@@ -190,14 +188,14 @@ def test_kill_and_resume_gives_each_sample_once(denoiser_dir, images, tmp_path):
     assert (resumed["images"] != images.images).mean() > 0.1  # it did purify
 
 
-def test_end_to_end_cli_on_cifar(tmp_path, capsys):
+def test_end_to_end_cli_on_cifar(tmp_path, capsys, cifar):
     from eclipse_loader.cli import main
     from eclipse_loader.storage.beton import read_beton, read_manifest
 
-    with np.load(CIFAR) as archive:
-        np.savez(tmp_path / "trusted.npz", images=archive["train_x"][:200], labels=archive["train_y"][:200])
-        np.savez(tmp_path / "eval.npz", images=archive["test_x"][:100], labels=archive["test_y"][:100])
-        np.savez(tmp_path / "poisoned.npz", images=archive["train_x"][1000:1020], labels=archive["train_y"][1000:1020])
+    archive = cifar
+    np.savez(tmp_path / "trusted.npz", images=archive["train_x"][:200], labels=archive["train_y"][:200])
+    np.savez(tmp_path / "eval.npz", images=archive["test_x"][:100], labels=archive["test_y"][:100])
+    np.savez(tmp_path / "poisoned.npz", images=archive["train_x"][1000:1020], labels=archive["train_y"][1000:1020])
     den = tmp_path / "den"
     assert main(["train-denoiser", f"npz:{tmp_path / 'trusted.npz'}", str(den), "--preset", "tiny", "--sparse-count",
                  "40", "--eval-source", f"npz:{tmp_path / 'eval.npz'}", "--max-steps", "5", "--batch-size", "8",

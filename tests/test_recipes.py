@@ -51,7 +51,7 @@ def test_repair_runs_inside_the_purifier(purifier_parts, cifar_small):
     images = cifar_small.images[:6].copy()
     images[:, 10, 10] = (255, 0, 255)  # an isolated outlier in every image
     indices = range(6)
-    plain = Purifier(unet, scheduler, PurifyConfig(t_star=5, steps=1), device="cpu")
+    plain = Purifier(unet, scheduler, PurifyConfig(t_star=5, steps=1, repair_threshold=None), device="cpu")
     with_repair = Purifier(unet, scheduler, PurifyConfig(t_star=5, steps=1, repair_threshold=48), device="cpu")
     repaired, count = repair_isolated_pixels(images, 48)
     assert count >= 6
@@ -60,7 +60,7 @@ def test_repair_runs_inside_the_purifier(purifier_parts, cifar_small):
 
 
 def test_repair_threshold_validated_and_left_out_of_old_cache_keys():
-    assert "repair_threshold" not in PurifyConfig(t_star=100).to_dict()
+    assert "repair_threshold" not in PurifyConfig(t_star=100, repair_threshold=None).to_dict()
     assert PurifyConfig(t_star=100, repair_threshold=48).to_dict()["repair_threshold"] == 48
     with pytest.raises(ValueError, match="repair_threshold"):
         PurifyConfig(repair_threshold=300)
@@ -81,18 +81,22 @@ def _purify_args(*argv: str) -> argparse.Namespace:
 
 
 def test_purify_command_takes_the_recipe_and_explicit_flags():
-    from eclipse_loader.commands.purify import config_from_args
+    from eclipse_loader.commands.purify import purify_config_from_args as config_from_args
 
     default = config_from_args(_purify_args())
     assert (default.t_star, default.steps, default.repair_threshold) == (400, 2, 48)
     paper = config_from_args(_purify_args("--recipe", "paper"))
     assert (paper.t_star, paper.steps, paper.repair_threshold) == (100, None, None)
-    custom = config_from_args(_purify_args("--t-star", "200", "--steps", "0", "--no-repair"))
+    custom = config_from_args(_purify_args("--t-star", "200", "--steps", "full", "--no-repair"))
     assert (custom.t_star, custom.steps, custom.repair_threshold) == (200, None, None)
     by_noise = config_from_args(_purify_args("--noise-std", "0.1"))
     assert by_noise.t_star is None and by_noise.noise_std == 0.1
-    with pytest.raises(SystemExit, match="not both"):
+    with pytest.raises(ValueError, match="not both"):
         config_from_args(_purify_args("--t-star", "200", "--noise-std", "0.1"))
+    with pytest.raises(ValueError, match="not both"):
+        config_from_args(_purify_args("--repair-threshold", "30", "--no-repair"))
+    with pytest.raises(ValueError, match="exceeds t"):
+        config_from_args(_purify_args("--t-star", "10", "--steps", "11"))
 
 
 def test_datamodule_defaults_come_from_the_recipe():

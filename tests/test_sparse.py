@@ -14,15 +14,18 @@ from eclipse_loader.data.sparse import (
     sparse_set_size,
 )
 
-CIFAR = Path(__file__).resolve().parents[1] / "../shared/data/cifar10.npz"
-pytestmark = pytest.mark.skipif(not CIFAR.exists(), reason="CIFAR-10 npz not available")
 
 
 @pytest.fixture(scope="module")
 def cifar():
-    with np.load(CIFAR) as archive:
-        train = as_labelled_images(archive["train_x"][:3000], archive["train_y"][:3000], 10)
-        test = as_labelled_images(archive["test_x"][:500], archive["test_y"][:500], 10)
+    from .conftest import embedded_cifar
+
+    archive = embedded_cifar()  # 2,500 train + trusted images (250 per class), 500 test images
+    # drop 100 images of class 0 so the pool's class frequencies are not balanced: 2,400 images
+    keep = np.ones(len(archive["train_y"]), bool)
+    keep[np.flatnonzero(archive["train_y"] == 0)[:100]] = False
+    train = as_labelled_images(archive["train_x"][keep], archive["train_y"][keep], 10)
+    test = as_labelled_images(archive["test_x"], archive["test_y"], 10)
     return train, test
 
 
@@ -49,7 +52,7 @@ def test_default_fraction_is_four_percent(cifar):
     train, _ = cifar
     assert sparse_set_size(train_size=50000) == 2000
     assert len(select_sparse_indices(train, train_size=5000)) == 200
-    assert len(select_sparse_indices(train)) == 120  # 4% of the 3000-image pool
+    assert len(select_sparse_indices(train)) == 96  # 4% of the 2,400-image pool
     with pytest.raises(ValueError, match="not both"):
         sparse_set_size(count=10, fraction=0.1, train_size=100)
 

@@ -19,6 +19,7 @@ from ..evaluation.victim import train_victim
 from ..loading.config import AugmentConfig
 from ..recipes import RECIPES, get_recipe
 from ..storage.beton import read_beton
+from . import steps_arg
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="default",
                         help="defence settings: 'default' (outlier repair, t*=400, 2 steps, mild compensation) or 'paper'")
     parser.add_argument("--t-star", type=int, default=None, help="purification noise level (timestep of 4000; default: the recipe's)")
-    parser.add_argument("--purify-steps", type=int, default=2, help="reverse steps of the purification (full chain: --t-star)")
+    parser.add_argument("--purify-steps", type=steps_arg, default=None,
+                        help="reverse steps of the purification, or 'full' (default: the recipe's)")
     parser.add_argument("--epochs", type=int, default=12, help="victim training epochs")
     parser.add_argument("--epsilon", type=float, default=8 / 255, help="poison L-inf budget in [0,1] units")
     parser.add_argument("--poison", choices=["patches", "noise"], default="patches",
@@ -79,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
                        ema_decay=0.995, seed=args.seed, accelerator="cpu", progress=True)
     timings["denoiser_training_s"] = time.perf_counter() - start
 
-    start = _step(f"2/{total} purify the poisoned set (t*={args.t_star}, {args.purify_steps} reverse steps)")
     config = recipe.purify_config(steps=args.purify_steps, seed=args.seed)
+    steps = "all" if config.steps is None else config.steps
+    start = _step(f"2/{total} purify the poisoned set (t*={args.t_star}, {steps} reverse steps)")
     compensation = AugmentConfig(p_gray=recipe.p_gray, sigma=recipe.sigma)
     beton = purify_dataset(poisoned, denoiser, work / "purified.beton", config=config, batch_size=250, device="cpu")
     purified = read_beton(beton)

@@ -76,9 +76,9 @@ def _save_atomic_npy(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _prepare_work_dir(work: Path, key: str, n: int, chunk_size: int) -> int:
+def _prepare_work_dir(work: Path, key: str, n: int, chunk_size: int, outputs: tuple[Path, ...] = ()) -> int:
     """Create or validate ``work``; returns the chunk size in force (the first run's)."""
-    open_work_dir(work)
+    open_work_dir(work, outputs)
     manifest = work / WORK_MANIFEST
     if manifest.is_file():
         info = json.loads(manifest.read_text())
@@ -204,7 +204,8 @@ def purify_dataset(
     work = Path(work_dir) if work_dir is not None else out_beton.with_name(out_beton.name + ".work")
     with output_lock(out_beton):
         remove_stale_temporaries(out_beton)
-        chunk = _prepare_work_dir(work, key, len(data), int(chunk_size or max(batch_size, 1024)))
+        outputs = (out_beton,) + (() if also_npz is None else (Path(also_npz),))
+        chunk = _prepare_work_dir(work, key, len(data), int(chunk_size or max(batch_size, 1024)), outputs)
         _purify_chunks(purifier, data, work, chunk, batch_size, progress, denoiser_dir)
         purified = _assemble(work, _chunk_ranges(len(data), chunk), data.image_shape)
         result = LabelledImages(purified, data.labels.copy(), data.num_classes)

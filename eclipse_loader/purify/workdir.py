@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Union
+from typing import Iterable, Union
 
 PathLike = Union[str, os.PathLike]
 # the only names a purification job writes into its work directory
 _OWN_NAME = re.compile(r"^(chunk_\d+_\d+\.npy|shard_\d+_\d+\.npz|work\.json|job\.json|\..+\.tmp(-[\w.-]+)?)$")
+# tolerated but never deleted here: output locks (`eclipse_loader.storage.output.output_lock`)
+_LOCK_NAME = re.compile(r"^\..+\.lock(\.pid)?$")
 
 
 class WorkDirError(ValueError):
@@ -26,8 +28,11 @@ def is_job_file(path: Path) -> bool:
     return bool(_OWN_NAME.match(path.name)) and not path.is_symlink() and path.is_file()
 
 
-def open_work_dir(work: PathLike) -> Path:
+def open_work_dir(work: PathLike, outputs: Iterable[PathLike] = ()) -> Path:
     """Create ``work`` or check an existing one holds nothing but job files; returns it.
+
+    ``outputs`` are the job's own output files (and their manifests), tolerated when ``work`` is
+    their folder; lock files are tolerated too. Neither is ever deleted by `remove_job_files`.
 
     Raises:
         WorkDirError: ``work`` (or a parent component named by the user) is a symbolic link, is not a
@@ -39,7 +44,10 @@ def open_work_dir(work: PathLike) -> Path:
     if work.exists() and not work.is_dir():
         raise WorkDirError(f"work dir {work} exists and is not a directory")
     if work.is_dir():
-        foreign = sorted(p.name for p in work.iterdir() if not is_job_file(p))
+        mine = {Path(p).name for p in outputs if Path(p).parent.resolve() == work.resolve()}
+        mine |= {f"{name}.json" for name in mine}
+        foreign = sorted(p.name for p in work.iterdir()
+                         if not (is_job_file(p) or p.name in mine or _LOCK_NAME.match(p.name)))
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise WorkDirError(f"work dir {work} holds files that are not purification chunks ({shown}); "

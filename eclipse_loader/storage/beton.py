@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..data.images import LabelledImages
 from ..errors import MissingExtraError
 from ..loading.config import usable_cores
-from .output import check_output, output_lock, remove_stale_temporaries, temporary_path
+from .output import check_output, lock_files, output_lock, remove_stale_temporaries, temporary_path
 
 WriteMode = Literal["raw", "jpg"]
 PathLike = Union[str, os.PathLike]
@@ -104,12 +104,13 @@ def write_beton(
         remove_stale_temporaries(path)
         remove_stale_temporaries(manifest_path(path))
         _write_locked(path, data, write_mode, jpeg_quality, _clamp_workers(num_workers), stall_timeout_s, progress,
-                      metadata)
+                      metadata, leftovers=lock_files(path) if lock else ())
     return path
 
 
 def _write_locked(path: Path, data: LabelledImages, write_mode: str, jpeg_quality: int, workers: int,
-                  stall_timeout_s: float, progress: bool, metadata: Optional[dict[str, Any]]) -> None:
+                  stall_timeout_s: float, progress: bool, metadata: Optional[dict[str, Any]],
+                  leftovers: tuple[Path, ...]) -> None:
     tmp = temporary_path(path)
     manifest_tmp = temporary_path(manifest_path(path))
     manifest_tmp.write_text(_manifest_text(data, write_mode, metadata))  # built first: fails before any pixel
@@ -118,7 +119,8 @@ def _write_locked(path: Path, data: LabelledImages, write_mode: str, jpeg_qualit
     receive_error, send_error = context.Pipe(duplex=False)
     child = context.Process(
         target=_write_in_child,
-        args=(str(tmp), data, write_mode, jpeg_quality, workers, counter, send_error), daemon=False,
+        args=(str(tmp), data, write_mode, jpeg_quality, workers, counter, send_error,
+              (manifest_tmp, *leftovers)), daemon=False,
     )
     try:
         child.start()
@@ -165,9 +167,9 @@ class _CountingDataset:
 
 
 def _write_in_child(tmp: str, data: LabelledImages, write_mode: str, quality: int, workers: int, counter: Any,
-                    send_error: Any) -> None:
+                    send_error: Any, leftovers: tuple[Path, ...]) -> None:
     os.setpgid(0, 0)  # own process group, so the watchdog can kill FFCV's worker processes too
-    _die_with_parent(tmp)
+    _die_with_parent((Path(tmp), *leftovers))
     try:
         import ffcv.writer
         from ffcv.fields import IntField, RGBImageField
@@ -183,17 +185,15 @@ def _write_in_child(tmp: str, data: LabelledImages, write_mode: str, quality: in
         raise
 
 
-def _die_with_parent(tmp: str) -> None:
-    """If the parent dies (SIGKILL, SIGTERM), remove the temporary file and kill this process group."""
+def _die_with_parent(leftovers: tuple[Path, ...]) -> None:
+    """If the parent dies (SIGKILL, SIGTERM), remove its temporary files and kill this process group."""
     parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.2)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        for path in leftovers:
+            path.unlink(missing_ok=True)
         os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch, name="eclipse-writer-parent-watch", daemon=True).start()

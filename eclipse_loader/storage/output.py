@@ -85,6 +85,13 @@ def remove_stale_temporaries(path: PathLike) -> list[Path]:
     return removed
 
 
+def lock_files(path: PathLike) -> tuple[Path, Path]:
+    """The lock file of ``path`` and the file naming its holder's pid."""
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    return lock, Path(f"{lock}.pid")
+
+
 @contextlib.contextmanager
 def output_lock(path: PathLike) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (a ``.NAME.lock`` file beside it, `filelock`) for one writer.
@@ -95,27 +102,26 @@ def output_lock(path: PathLike) -> Iterator[None]:
     import filelock
 
     path = Path(path)
-    lock_path = path.with_name(f".{path.name}.lock")
+    lock_path, pid_path = lock_files(path)
     lock = filelock.FileLock(str(lock_path), timeout=0)
     try:
         lock.acquire()
     except filelock.Timeout:
-        holder = _read_pid(lock_path)
+        holder = _read_pid(pid_path)
         who = f"process {holder}" if holder else "another process"
         raise OutputError(f"{path} is being written by {who} (lock {lock_path}); wait for it or pick another output"
                           ) from None
     try:
-        with open(f"{lock_path}.pid", "w") as f:
-            f.write(str(os.getpid()))
+        pid_path.write_text(str(os.getpid()))
         yield
     finally:
-        Path(f"{lock_path}.pid").unlink(missing_ok=True)
+        pid_path.unlink(missing_ok=True)
         lock_path.unlink(missing_ok=True)  # ours: removed while still held, so no other writer is cut off
         lock.release()
 
 
-def _read_pid(lock_path: Path) -> Optional[int]:
+def _read_pid(pid_path: Path) -> Optional[int]:
     try:
-        return int(Path(f"{lock_path}.pid").read_text().strip())
+        return int(pid_path.read_text().strip())
     except (OSError, ValueError):
         return None
