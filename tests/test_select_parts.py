@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from eclipse_loader.recipes import DEFAULT_RECIPE, PAPER_RECIPE, Recipe, load_recipe, save_recipe
-from eclipse_loader.select.augment import (RandomSharpenFrequencyFilter, dct_low_pass, dct_matrix,
+from eclipse_loader.select.augment import (RandomSharpenFrequencyFilter, dct_low_pass, dct_matrix, rsk_ff_keyed,
                                            random_sharpen_kernels, rsk_ff, sharpen)
 from eclipse_loader.select.budget import plan
 from eclipse_loader.select.candidates import COMPENSATION_LEVELS, Candidate, default_candidates
@@ -149,3 +149,12 @@ def test_budget_plan_shrinks_images_then_epochs():
     assert floor.to_dict()["shrunk"] is True
     with pytest.raises(ValueError, match="budget_minutes"):
         plan(req, 0.0, 10, 20, 0, 1e-3, 0.0)
+
+
+def test_keyed_rsk_ff_depends_on_the_sample_not_the_batch():
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    idx = torch.arange(10, 16)
+    whole = rsk_ff_keyed(images, idx, seed=3, epoch=1)
+    parts = torch.cat([rsk_ff_keyed(images[:2], idx[:2], 3, 1), rsk_ff_keyed(images[2:], idx[2:], 3, 1)])
+    assert torch.equal(whole, parts)
+    assert not torch.equal(whole, rsk_ff_keyed(images, idx, seed=3, epoch=2))

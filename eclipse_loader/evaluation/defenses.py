@@ -5,17 +5,30 @@ Offline steps run once on the training set: ``"jpeg10"``, ``"grayscale"``, ``"re
 purification with the defence's `PurifySettings`; the harness supplies the purifier). The augmentation
 runs every epoch; all defences keep the standard crop (translate by 4) and flip, so they differ only in
 what they add. Test images are never transformed.
+
+``auto`` (issue 18) is not a fixed entry of `DEFENSES`: inside each harness cell `resolve_auto` runs the
+defence selection (`eclipse_loader.select`) on that cell's poisoned training set and the protocol's
+sparse set only, and returns the chosen candidate as a `Defense` named ``"auto"``.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Union
+
+import numpy as np
 
 from ..data.images import LabelledImages
 from ..loading.config import AugmentConfig
 from ..purify.outliers import repair_isolated_pixels
 from ..recipes import RECIPES
 from .baselines import grayscale, jpeg
+
+if TYPE_CHECKING:
+    from ..select.candidates import Candidate
+    from ..select.offline import PurifyFn
+    from ..select.proxy import ProxySettings
+    from ..select.run import Selection
 
 OfflineStep = Callable[[LabelledImages], LabelledImages]
 
@@ -50,13 +63,19 @@ class PurifySettings:
 
 @dataclass(frozen=True)
 class Defense:
-    """A defence: ``offline`` step names applied in order to the training set, then ``augment`` online."""
+    """A defence: ``offline`` step names applied in order to the training set, then ``augment`` online.
+
+    ``extra_augment``: an online augmentation the `AugmentConfig` cannot express, applied to each uint8
+    batch before crop/flip and compensation: None or ``"rsk-ff"`` (`eclipse_loader.select.augment.rsk_ff_keyed`;
+    the victim's training loop must apply it, see `batch_transform`).
+    """
 
     name: str
     offline: tuple[str, ...]
     augment: AugmentConfig
     description: str
     purify: PurifySettings = field(default_factory=PurifySettings)
+    extra_augment: Optional[str] = None
 
     @property
     def purifies(self) -> bool:
@@ -80,10 +99,16 @@ DEFENSES: dict[str, Defense] = {d.name: d for d in (
 )}
 
 
+JPEG_QUALITIES = (10, 30)
+AUTO = "auto"
+AUTO_DESCRIPTION = ("chosen per cell by measuring candidate defences with a proxy on the sparse set "
+                    "(eclipse_loader.select; half the sparse set trains its denoiser, half validates)")
+
+
 def offline_steps(purify: Optional[OfflineStep] = None) -> dict[str, OfflineStep]:
     """Name -> function of every offline step; ``purify`` is the harness's purifier (None: unavailable)."""
-    steps: dict[str, OfflineStep] = {"jpeg10": lambda d: jpeg(d, quality=10), "grayscale": grayscale,
-                                     "repair-outliers": repair_outliers}
+    steps: dict[str, OfflineStep] = {f"jpeg{q}": (lambda d, q=q: jpeg(d, quality=q)) for q in JPEG_QUALITIES}
+    steps.update({"grayscale": grayscale, "repair-outliers": repair_outliers})
     if purify is not None:
         steps["purify"] = purify
     return steps
@@ -102,3 +127,63 @@ def repair_outliers(data: LabelledImages) -> LabelledImages:
     """The ``"repair-outliers"`` step: `repair_isolated_pixels` at its default threshold."""
     images, _ = repair_isolated_pixels(data.images)
     return LabelledImages(images, data.labels, data.num_classes)
+
+
+def candidate_defense(candidate: Candidate, steps: Optional[int] = None, name: str = AUTO) -> Defense:
+    """The harness `Defense` running ``candidate`` (``steps``: purification network calls, None: the protocol's)."""
+    if candidate.mix_trusted:
+        raise ValueError("a harness defence cannot mix trusted images into the training set")
+    if candidate.jpeg is not None and candidate.jpeg not in JPEG_QUALITIES:
+        raise ValueError(f"the harness has JPEG qualities {JPEG_QUALITIES}, not {candidate.jpeg}")
+    offline = (("repair-outliers",) if candidate.repair else ()) + (("grayscale",) if candidate.grayscale else ())
+    offline += ((f"jpeg{candidate.jpeg}",) if candidate.jpeg is not None else ()) + (
+        ("purify",) if candidate.t_star is not None else ())
+    p_gray, sigma = candidate.p_gray_sigma
+    augment = AugmentConfig(flip=True, translate_padding=4, compensate=p_gray > 0 or sigma > 0, p_gray=p_gray,
+                            sigma=sigma)
+    settings = PurifySettings(t_star=candidate.t_star, steps=steps) if candidate.t_star is not None else PurifySettings()
+    return Defense(name, offline, augment, f"{AUTO_DESCRIPTION}: {candidate.name}", settings, candidate.augment)
+
+
+def split_sparse(sparse: LabelledImages, seed: int = 0, validation_fraction: float = 0.5
+                 ) -> tuple[LabelledImages, LabelledImages]:
+    """(validation part, denoiser part) of the sparse set, class balanced: ``auto``'s denoiser trains on the
+    second, its selection validates on the first (the harness's own denoiser has seen all of it)."""
+    from ..data.sparse import select_sparse_indices
+
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    chosen = select_sparse_indices(sparse, count=max(1, int(round(validation_fraction * len(sparse)))), seed=seed)
+    rest = np.setdiff1d(np.arange(len(sparse)), chosen)
+    return sparse.subset(chosen), sparse.subset(rest)
+
+
+def resolve_auto(train: LabelledImages, sparse: LabelledImages, purify_fn: Optional[PurifyFn], *,
+                 denoiser_images: Optional[np.ndarray], out_dir: Union[str, os.PathLike, None] = None, seed: int = 0,
+                 proxy: Optional[ProxySettings] = None, budget_minutes: Optional[float] = None,
+                 t_stars: Optional[tuple[int, ...]] = None, steps: Optional[int] = None
+                 ) -> tuple[Defense, Selection]:
+    """``auto`` in one harness cell: select on ``train`` (the cell's poisoned set) with the ``sparse`` set as the
+    trusted set (never the test set), excluding ``denoiser_images`` from validation; returns the chosen defence
+    as a `Defense` named ``"auto"`` and the `Selection` (for the report)."""
+    from ..select.candidates import DEFAULT_T_STARS, default_candidates
+    from ..select.proxy import ProxySettings
+    from ..select.run import select_defense
+
+    candidates = default_candidates(t_stars or DEFAULT_T_STARS, purification=purify_fn is not None)
+    selection = select_defense(train, sparse, purify_fn, out_dir, candidates=candidates, proxy=proxy or ProxySettings(),
+                               seed=seed, budget_minutes=budget_minutes, denoiser_images=denoiser_images,
+                               try_trusted_mix=False)
+    return candidate_defense(selection.chosen, steps), selection
+
+
+def batch_transform(defense: Defense, seed: int) -> Optional[Callable[..., object]]:
+    """The per-batch online step of ``defense.extra_augment`` as ``f(uint8 batch, dataset indices, epoch)``
+    (None: nothing beyond the `AugmentConfig`); the victim's loop applies it before crop/flip."""
+    if defense.extra_augment is None:
+        return None
+    if defense.extra_augment != "rsk-ff":
+        raise ValueError(f"unknown extra augmentation {defense.extra_augment!r}")
+    from ..select.augment import rsk_ff_keyed
+
+    return lambda images, indices, epoch: rsk_ff_keyed(images, indices, seed, epoch)

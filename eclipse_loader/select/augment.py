@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -69,15 +70,19 @@ def dct_low_pass(images: torch.Tensor, keep: float = KEEP_FRACTION) -> torch.Ten
 
 
 def rsk_ff(images: torch.Tensor, generator: Optional[torch.Generator] = None, keep: float = KEEP_FRACTION,
-           center_mean: float = CENTER_MEAN) -> torch.Tensor:
-    """RSK+FF on a uint8 batch (B, 3, H, W): random sharpening, then DCT low-pass; returns uint8."""
+           center_mean: float = CENTER_MEAN, kernels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """RSK+FF on a uint8 batch (B, 3, H, W): random sharpening, then DCT low-pass; returns uint8.
+
+    ``kernels`` (B, 3, 3): use these instead of drawing them from ``generator``.
+    """
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"rsk_ff needs a uint8 batch (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
+    if kernels is None:
+        kernels = random_sharpen_kernels(len(images), generator, center_mean)
     x = images.to(torch.float64) / 255.0
-    x = sharpen(x, random_sharpen_kernels(len(images), generator, center_mean).to(x.device))
-    x = dct_low_pass(x, keep)
+    x = dct_low_pass(sharpen(x, kernels.to(x.device)), keep)
     return (x * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
@@ -102,3 +107,15 @@ class RandomSharpenFrequencyFilter(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"keep={self.keep}, center_mean={self.center_mean}"
+
+
+def rsk_ff_keyed(images: torch.Tensor, indices: torch.Tensor, seed: int, epoch: int,
+                 keep: float = KEEP_FRACTION) -> torch.Tensor:
+    """RSK+FF on a uint8 batch whose draws depend only on ``(seed, epoch, dataset index)`` of each sample
+    (not on the batch it is in): the form a training loop or another loader can call per batch."""
+    kernels = []
+    for index in indices.tolist():
+        state = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(2, np.uint32)
+        generator = torch.Generator().manual_seed((int(state[0]) << 32) | int(state[1]))
+        kernels.append(random_sharpen_kernels(1, generator)[0])
+    return rsk_ff(images, keep=keep, kernels=torch.stack(kernels))

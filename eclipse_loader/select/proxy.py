@@ -21,7 +21,7 @@ from ..compensation.functional import compensate_batch
 from ..data.images import LabelledImages
 from ..evaluation.victim import small_cnn
 from ..loading.torch_loader import flip_and_translate
-from .augment import rsk_ff
+from .augment import rsk_ff_keyed
 from .candidates import Candidate
 
 
@@ -47,9 +47,7 @@ class ProxySettings:
 def _augment(images: torch.Tensor, idx: torch.Tensor, candidate: Candidate, seed: int, epoch: int) -> torch.Tensor:
     """One epoch's online augmentation of a uint8 batch: RSK+FF, crop + flip, compensation."""
     if candidate.augment == "rsk-ff":
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, int(idx[0])])
-                                                      .generate_state(1)[0]))
-        images = rsk_ff(images, generator)
+        images = rsk_ff_keyed(images, idx, seed, epoch)
     keys = rng.sample_key(seed, epoch, idx)
     images = flip_and_translate(images, rng.hash32(keys ^ 0x7F4A7C15), True, 4)
     p_gray, sigma = candidate.p_gray_sigma
