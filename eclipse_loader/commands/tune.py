@@ -58,12 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.sources import load_source
     from ..recipes import DEFAULT_RECIPE
-    from ..select.candidates import default_candidates
-    from ..select.denoiser_images import denoiser_training_images
-    from ..select.offline import DenoiserPurify
+    from ..select.api import tune
     from ..select.proxy import ProxySettings
-    from ..select.report import write_report
-    from ..select.run import select_defense
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,22 +67,17 @@ def run(args: argparse.Namespace) -> int:
     proxy = ProxySettings(images=args.proxy_images, epochs=args.proxy_epochs, width=args.proxy_width,
                           batch_size=args.proxy_batch_size)
     train, trusted = load_source(args.source), load_source(args.trusted)
-    purify_fn, seen = None, None
     steps = DEFAULT_RECIPE.purify_steps if args.purify_steps is None else args.purify_steps
-    if args.denoiser.lower() != "none":
-        purify_fn = DenoiserPurify(args.denoiser, steps=steps, seed=args.seed, device=args.device)
-        if args.denoiser_trained_on:
-            seen = load_source(args.denoiser_trained_on).images
-            print(f"validation excludes the {len(seen)} images of {args.denoiser_trained_on}")
-        else:
-            seen, how = denoiser_training_images(args.denoiser)
-            print(("validation excludes " if seen is not None else "warning: ") + how)
-    candidates = default_candidates(t_stars, purification=purify_fn is not None)
+    denoiser = None if args.denoiser.lower() == "none" else args.denoiser
+    seen = None
+    if denoiser is not None and args.denoiser_trained_on:
+        seen = load_source(args.denoiser_trained_on).images
+        print(f"validation excludes the {len(seen)} images of {args.denoiser_trained_on}")
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(candidates), desc="candidates", unit="cand")
+        bar = tqdm(desc="candidates", unit="cand")
 
     def progress(done: int, total: int, name: str) -> None:
         if bar is not None:
@@ -95,16 +86,16 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
 
     try:
-        selection = select_defense(train, trusted, purify_fn, args.out_dir, candidates=candidates, proxy=proxy,
-                                   seed=args.seed, budget_minutes=args.budget_minutes, denoiser_images=seen,
-                                   min_per_class=args.min_per_class, max_validation=args.max_validation,
-                                   progress=progress, log=None if bar is not None else print)
+        recipe, selection, paths = tune(
+            train, trusted, denoiser, args.out_dir, seed=args.seed, budget_minutes=args.budget_minutes, proxy=proxy,
+            t_stars=t_stars, purify_steps=steps, denoiser_images=seen, device=args.device, progress=progress,
+            log=print if bar is None else (lambda m: bar.write(m)), min_per_class=args.min_per_class,
+            max_validation=args.max_validation,
+            source={"source": args.source, "trusted": args.trusted, "denoiser": args.denoiser, "seed": args.seed,
+                    "budget_minutes": args.budget_minutes, "t_stars": list(t_stars)})
     finally:
         if bar is not None:
             bar.close()
-    paths = write_report(selection, args.out_dir, source={
-        "source": args.source, "trusted": args.trusted, "denoiser": args.denoiser, "seed": args.seed,
-        "budget_minutes": args.budget_minutes, "t_stars": list(t_stars)}, purify_steps=steps)
     p = selection.plan.proxy
     print(f"proxy: {p.images} images x {p.epochs} epochs"
           + (f" (shrunk from {selection.plan.requested.images} x {selection.plan.requested.epochs} for the budget)"

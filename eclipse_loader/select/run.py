@@ -154,7 +154,8 @@ def select_defense(train: LabelledImages, trusted: LabelledImages, purify_fn: Op
                            getattr(purify_fn, "cache_id", None if purify_fn is None else "custom"))
     cache = _Cache(None if out_dir is None else Path(out_dir), context)
     runnable = [c for c in candidates if unservable_reason(c, purify_fn) is None]
-    the_plan = _plan(cache, proxy, budget_minutes, train, runnable, purify_fn, seed, log)
+    extra_runs = noise_seeds + (1 if try_trusted_mix else 0)  # the seed-noise runs and the trusted-mix run
+    the_plan = _plan(cache, proxy, budget_minutes, train, runnable, extra_runs, purify_fn, seed, log)
     settings = the_plan.proxy
     subset = train.subset(select_sparse_indices(train, count=min(settings.images, len(train)), seed=seed)) \
         if settings.images < len(train) else train
@@ -233,7 +234,8 @@ def _run_candidate(candidate: Candidate, subset: LabelledImages, mixed: Optional
 
 
 def _plan(cache: _Cache, proxy: ProxySettings, budget_minutes: Optional[float], train: LabelledImages,
-          runnable: list[Candidate], purify_fn: Optional[PurifyFn], seed: int, log: Callable[[str], None]) -> Plan:
+          runnable: list[Candidate], extra_runs: int, purify_fn: Optional[PurifyFn], seed: int,
+          log: Callable[[str], None]) -> Plan:
     """The proxy plan: the cached one on resume (same inputs and request), else measured now."""
     request = {"proxy": proxy.to_dict(), "budget_minutes": budget_minutes}
     stored = cache.data.get("plan")
@@ -253,7 +255,7 @@ def _plan(cache: _Cache, proxy: ProxySettings, budget_minutes: Optional[float], 
         start = time.perf_counter()
         purify_fn(probe.images[:32], min(c.t_star for c in purifying))  # type: ignore[type-var]
         s_purify = (time.perf_counter() - start) / 32
-    result = plan(proxy, budget_minutes, len(np.unique(train.labels)), len(runnable) + 3, len(purifying),
+    result = plan(proxy, budget_minutes, len(np.unique(train.labels)), len(runnable) + extra_runs, len(purifying),
                   s_train, s_purify)
     log(f"proxy plan: {result.proxy.images} images x {result.proxy.epochs} epochs, estimated "
         f"{result.estimated_minutes:.1f} min ({s_train * 1e3:.2f} ms per image-epoch, {s_purify * 1e3:.1f} ms per "
