@@ -309,6 +309,10 @@ class Harness:
         return counter.get_total_flops() / 2 / 1e9 * settings.draws
 
     # -- cells --------------------------------------------------------------------------------
+    def offline_functions(self, attack: str, defense: Defense, after: tuple[str, ...]) -> dict[str, Callable]:
+        """The offline steps of ``defense``'s cell on ``attack`` (purification through the cache)."""
+        return offline_steps(purify=lambda d: self.purify(attack, d, defense.purify, after))
+
     def run_cell(self, attack: str, defense: Defense) -> dict[str, Any]:
         key = (attack, defense.name)
         if key in self.cells:
@@ -316,7 +320,7 @@ class Harness:
         data = self.poisoned(attack)
         start = time.perf_counter()
         after = defense.offline[:defense.offline.index("purify")] if defense.purifies else ()
-        steps = offline_steps(purify=lambda d: self.purify(attack, d, defense.purify, after))
+        steps = self.offline_functions(attack, defense, after)
         defended = apply_offline(defense, data, steps)
         offline_s = time.perf_counter() - start
         result = self.score_victim(defended, defense)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import time
 import traceback
 from dataclasses import replace
@@ -36,6 +38,7 @@ import torch
 
 from _common import RESULTS, command_line, write_json_atomic
 from defense import ATTACKS, DATA, Harness, log, markdown_table, summarise, write_outputs
+from gpu_prefetch import MODEL_FREE, Prefetcher, chunked, load_npz, offline_path, save_npz
 from protocols import GPU_PROTOCOLS, GpuProtocol
 
 from eclipse_loader import poisons
@@ -59,6 +62,7 @@ class GpuHarness(Harness):
         self.purify_batch = protocol.purify_batch
         self.purify_bf16 = protocol.purify_bf16 and str(self.device).startswith("cuda")
         self.errors: list[dict[str, str]] = []
+        self.prefetch: Optional[Prefetcher] = None
 
     def _victim_factory(self, name: str) -> Callable[[int], torch.nn.Module]:
         if name == "airbench94":
@@ -79,10 +83,53 @@ class GpuHarness(Harness):
         torch.save(net.state_dict(), path)
         return with_autocast(net)
 
+    def start_prefetch(self, attacks: list[str], workers: int) -> None:
+        """Craft the model-free poisons and their JPEG / outlier-repaired sets in ``workers`` processes."""
+        if workers < 1:
+            return
+        self.prefetch = Prefetcher(self.workdir, self.seed, workers)
+        clean = self.workdir / "clean-train.npz"
+        if not clean.is_file():
+            save_npz(clean, self.train)
+        self.prefetch.submit("none", clean, craft=False)
+        for attack in [a for a in attacks if a in MODEL_FREE]:
+            self.prefetch.submit(attack, clean, craft=True)
+
     def poisoned(self, attack: str) -> LabelledImages:
+        path = self.workdir / "poisons" / f"{attack}.npz"
+        if self.prefetch is not None and attack != "none":
+            self.prefetch.wait_for(attack, path)
         if attack == "rem":  # REM, once the poisons package has it: crafted with the EM settings
-            return _cached_rem(self)
-        return super().poisoned(attack)
+            data = _cached_rem(self)
+        else:
+            data = super().poisoned(attack)
+        if self.prefetch is not None and attack not in MODEL_FREE and attack != "none":
+            self.prefetch.submit(attack, path, craft=False)  # its JPEG / repaired sets, beside the GPU
+        return data
+
+    def offline_functions(self, attack: str, defense: Defense, after: tuple[str, ...]) -> dict[str, Callable]:
+        """Offline steps read from the prefetched sets where a worker made them, else run over all cores."""
+        steps = super().offline_functions(attack, defense, after)
+        for i, name in enumerate(defense.offline):
+            if name != "purify":
+                steps[name] = self._cached_step(attack, tuple(defense.offline[:i + 1]), steps[name])
+        return steps
+
+    def _cached_step(self, attack: str, chain: tuple[str, ...], fn: Callable) -> Callable:
+        path = offline_path(self.workdir, attack, chain)
+
+        def run(data: LabelledImages) -> LabelledImages:
+            if self.prefetch is not None:
+                self.prefetch.wait_for(attack, path)
+                for key, seconds in self.prefetch.timings.items():
+                    self.timings.setdefault(key, seconds)
+            if path.is_file():
+                return load_npz(path)
+            out = chunked(fn, data)
+            save_npz(path, out)
+            return out
+
+        return run
 
     def score_victim(self, defended: LabelledImages, defense: Defense) -> VictimResult:
         if defense.name.endswith(RESNET):
@@ -149,10 +196,13 @@ def run_backdoor(h: GpuHarness, attack: str) -> dict[str, Any]:
 
 
 def plan(attacks: list[str], defenses: list[str], resnet18: bool) -> list[tuple[str, str]]:
-    """The cells in the order they run: cheapest defences over every attack first, then each costly one."""
+    """The cells in the order they run: cheapest defences over every attack first, then each costly one;
+    within a defence the GPU-crafted attacks first and AR (the slowest to craft on a CPU) last, so the
+    prefetch workers craft the model-free poisons while the GPU is busy."""
     order = [("none", "none")]
+    ordered = sorted(attacks, key=lambda a: (a in MODEL_FREE, a == "ar"))
     for group in ([d for d in defenses if d in CHEAP], *[[d] for d in defenses if d not in CHEAP]):
-        order += [(a, d) for d in group for a in ["none", *attacks] if (a, d) not in order]
+        order += [(a, d) for d in group for a in ["none", *ordered] if (a, d) not in order]
     if resnet18:
         order += [(a, d + RESNET) for a in ("none", attacks[0]) for d in ("none", "eclipse")]
     return order
@@ -172,6 +222,11 @@ def report(h: GpuHarness, attacks: list[str], defenses: list[str], args: argpars
         result["label"] = args.label
     result["protocol_notes"] = __doc__.split("Protocol (", 1)[1].split("Stages run", 1)[0].strip()
     path = write_outputs(result, args.out, suffix=args.suffix)
+    if args.copy_to is not None:
+        args.copy_to.mkdir(parents=True, exist_ok=True)
+        for name in (h.cells_path, h.timings_path):
+            if name.is_file():
+                shutil.copy(name, args.copy_to / name.name)
     with open(path.with_suffix(".md"), "a") as md:
         md.write(f"\nDevice: {result['device_name']}. Stopped by the budget: {budget_hit}. Errors: {len(h.errors)}.\n")
         if result["resnet18"]:
@@ -207,6 +262,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--prefetch-workers", type=int, default=None,
+                    help="processes crafting model-free poisons and JPEG/repair sets beside the GPU "
+                         "(default: cores - 4 on CUDA, 0 on CPU)")
+    ap.add_argument("--copy-to", type=Path, default=None, help="also copy cells.jsonl/timings.json here after each cell")
     args = ap.parse_args(argv)
     args.command_line = command_line().replace(" --report-only", "")
     return args
@@ -231,6 +290,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                    splits=args.splits, data=args.data)
     log(f"protocol {protocol.name} on {args.device}: {len(h.train)} training, {len(h.sparse)} sparse, "
         f"{len(h.test)} test images; {len(h.cells)} cells already done")
+    workers = args.prefetch_workers if args.prefetch_workers is not None else (
+        max(0, len(os.sched_getaffinity(0)) - 4) if args.device.startswith("cuda") else 0)
+    if not args.report_only:
+        h.start_prefetch(attacks, workers)
     backdoor = {b: json.loads(p.read_text()) for b in BACKDOORS if (p := h.workdir / f"backdoor-{b}.json").is_file()}
     budget_hit = False
 
@@ -258,6 +321,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 h.errors.append({"attack": b, "defense": "dataelixir", "error": repr(exc),
                                  "traceback": traceback.format_exc()[-2000:]})
             report(h, attacks, defenses, args, started, backdoor, budget_hit)
+    if h.prefetch is not None:
+        h.prefetch.close()
     path = report(h, attacks, defenses, args, started, backdoor, budget_hit)
     log(f"wrote {path} ({len(h.cells)} cells, {len(h.errors)} errors{', budget reached' if budget_hit else ''})")
     print(markdown_table(json.loads(path.read_text())), flush=True)

@@ -25,19 +25,20 @@ def _splits(path: Path) -> Path:
 def _run(tmp_path: Path, *extra: str, script: str = "gpu_full.py") -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(BENCH / script), "--protocol", "gpu-full-dry", "--splits", str(_splits(tmp_path / "s.npz")),
-         "--attacks", "ops,tap", "--defenses", "none,jpeg10,eclipse", "--workdir", str(tmp_path / "work"),
+         "--attacks", "ops,tap", "--defenses", "none,eclipse", "--workdir", str(tmp_path / "work"),
          "--out", str(tmp_path / "out"), "--device", "cpu", "--threads", "1", "--suffix=-dry", *extra],
         capture_output=True, text=True, timeout=300)
 
 
 def test_dry_protocol_end_to_end_resumes_and_names_the_device(tmp_path):
-    first = _run(tmp_path, "--backdoors", "badnets", script="defense.py")  # defense.py hands gpu-full* over
+    # defense.py hands gpu-full* over; one prefetch worker crafts OPS and the repaired sets
+    first = _run(tmp_path, "--backdoors", "badnets", "--prefetch-workers", "1", script="defense.py")
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     (path,) = (tmp_path / "out").glob("defense-gpu-full-dry-*-dry.json")
     result = json.loads(path.read_text())
     assert result["protocol"] == "gpu-full-dry" and result["device_name"] == "cpu (no CUDA device)"
     assert set(result["table"]) == {"none", "ops", "tap"}
-    assert all(set(row) == {"none", "jpeg10", "eclipse"} for row in result["table"].values())
+    assert all(set(row) == {"none", "eclipse"} for row in result["table"].values())
     assert result["clean_accuracy"] == result["table"]["none"]["none"] and result["complete"] is True
     assert result["settings"]["sparse_from"] == "test" and result["settings"]["victim"] == "airbench94"
     assert result["errors"] == [] and result["stopped_by_budget"] is False
@@ -46,7 +47,10 @@ def test_dry_protocol_end_to_end_resumes_and_names_the_device(tmp_path):
     assert 0 <= elixir["defended"]["attack_success_rate"] <= 1 and "targets" in elixir["defense_info"]
     assert "DataElixir" in path.with_suffix(".md").read_text() and path.with_suffix(".png").is_file()
     cells = (tmp_path / "work" / "cells.jsonl").read_text().splitlines()
-    assert len(cells) == 9
+    assert len(cells) == 6
+    offline = {p.name for p in (tmp_path / "work" / "offline").iterdir()}
+    assert {"none--repair-outliers.npz", "ops--repair-outliers.npz", "tap--repair-outliers.npz"} <= offline
+    assert "craft_ops_s" in result["timings"]
 
     second = _run(tmp_path, "--backdoors", "badnets")  # all cached: no new cell, same table
     assert second.returncode == 0, second.stderr[-3000:]
