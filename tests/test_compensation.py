@@ -1,4 +1,7 @@
-"""CorruptionCompensation (torch) and CompensateFFCV (numba): semantics, statistics and exact agreement."""
+"""CorruptionCompensation (torch) and CompensateFFCV (numba): semantics, statistics and exact agreement.
+
+The noise generator's own statistics and golden values are in test_compensation_noise.py; CompensateFFCV
+inside real FFCV loaders (epochs, compile cache) in test_compensation_ffcv.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +11,17 @@ from torchvision.transforms import v2
 
 from eclipse_loader import CorruptionCompensation
 from eclipse_loader.compensation.functional import luma_uint8
+from eclipse_loader.data.embedded import load_embedded
+from eclipse_loader.loading.config import AugmentConfig
+from eclipse_loader.recipes import DEFAULT_RECIPE, PAPER_RECIPE
 
 from .conftest import requires_ffcv
+
+
+@pytest.fixture(scope="module")
+def cifar() -> dict[str, np.ndarray]:
+    """The embedded CIFAR-10 sample (2,000 training images), in the layout these tests index."""
+    return {"train_x": load_embedded("train").images}
 
 
 def _chw(images_nhwc: np.ndarray) -> torch.Tensor:
@@ -106,7 +118,7 @@ def test_ffcv_operation_equals_torch_transform_exactly(cifar, compiled):
 
     images = cifar["train_x"][:64]
     indices = np.arange(5000, 5064, dtype=np.uint64)
-    was_enabled = Compiler.is_enabled
+    was_enabled, was_threads = Compiler.is_enabled, Compiler.num_threads
     try:
         Compiler.set_enabled(compiled)
         Compiler.set_num_threads(2)
@@ -124,53 +136,70 @@ def test_ffcv_operation_equals_torch_transform_exactly(cifar, compiled):
         assert not np.array_equal(out, images)
     finally:
         Compiler.set_enabled(was_enabled)
+        Compiler.set_num_threads(was_threads)
 
 
 @requires_ffcv
-def test_fast_kernel_equals_reference_kernel_bit_for_bit(cifar):
-    from eclipse_loader.adapters.ffcv_compensation import compensate_one, compensate_one_fast, guard_band
-    from eclipse_loader.compensation import counter_rng as rng
+@pytest.mark.parametrize("p_gray,sigma", [(0.0, 0.05), (1.0, 0.05), (0.4, 0.0), (1.0, 0.0), (0.4, 1.0), (0.2, 0.03)])
+@pytest.mark.parametrize("height,width", [(32, 32), (7, 13)])
+def test_ffcv_kernel_equals_torch_for_all_settings_sizes_and_layouts(cifar, p_gray, sigma, height, width):
+    """Runs of the noise table cross the image's end (7 x 13 x 3 = 273 values, not a multiple of 64);
+    the source may be a strided view (the op accepts any layout)."""
+    from ffcv.pipeline.compiler import Compiler
+    from ffcv.pipeline.state import State
 
-    images = np.concatenate([cifar["train_x"][:600], np.zeros((20, 32, 32, 3), np.uint8), np.full((20, 32, 32, 3), 255, np.uint8)])
-    j = np.arange(32 * 32 * 3, dtype=np.int64)
-    salt1, salt2 = rng.element_salt(2 * j), rng.element_salt(2 * j + 1)
-    for p_gray, sigma in ((0.4, 0.05), (0.0, 0.05), (1.0, 0.05), (0.4, 0.0), (1.0, 0.0), (0.4, 1.0)):
-        scale = 255.0 * sigma
-        # guard 0: never falls back (the fast arithmetic alone); 0.5: always falls back; the certified band
-        for guard in (0.0, 0.5, guard_band(scale)):
-            for i, image in enumerate(images):
-                key = rng.sample_key(7, 3, i)
-                ref, fast = np.empty_like(image), np.full_like(image, 17)
-                compensate_one(image, ref, key, p_gray, scale, salt1, salt2)
-                compensate_one_fast(image, fast, key, p_gray, scale, salt1, salt2, guard)
-                assert np.array_equal(fast, ref), f"p_gray={p_gray} sigma={sigma} guard={guard} image {i}"
-    strided = np.asfortranarray(images[0])  # any source layout
-    ref, fast = np.empty_like(images[0]), np.empty_like(images[0])
-    compensate_one(images[0], ref, 5, 0.4, 12.75, salt1, salt2)
-    compensate_one_fast(strided, fast, 5, 0.4, 12.75, salt1, salt2, guard_band(12.75))
-    assert np.array_equal(fast, ref)
+    from eclipse_loader.adapters.ffcv_compensation import CompensateFFCV
+
+    images = np.ascontiguousarray(cifar["train_x"][:40, :height, 32 - width:])
+    strided = cifar["train_x"][:40, :height, ::-1][:, :, :width]  # a non-contiguous view
+    indices = np.arange(40, dtype=np.uint64) * 7
+    op = CompensateFFCV(p_gray=p_gray, sigma=sigma, seed=3)
+    _, query = op.declare_state_and_memory(State(True, torch.device("cpu"), (height, width, 3), np.dtype("u1")))
+    op.set_epoch(2)
+    fn = Compiler.compile(op.generate_code())
+    ref = CorruptionCompensation(p_gray, sigma, seed=3)
+    for src in (images, strided):
+        out = fn(src, np.full((40, *query.shape), 17, np.uint8), indices)
+        expected = ref.apply(_chw(np.ascontiguousarray(src)), torch.from_numpy(indices.astype(np.int64)), epoch=2)
+        assert np.array_equal(out, expected.permute(0, 2, 3, 1).numpy())
+    if p_gray or sigma:
+        assert not np.array_equal(out, strided)
+
+
+def test_defaults_come_from_the_default_recipe():
+    comp, config = CorruptionCompensation(), AugmentConfig()
+    assert (comp.p_gray, comp.sigma) == (config.p_gray, config.sigma) == (DEFAULT_RECIPE.p_gray, DEFAULT_RECIPE.sigma)
+    assert (DEFAULT_RECIPE.p_gray, DEFAULT_RECIPE.sigma) != (PAPER_RECIPE.p_gray, PAPER_RECIPE.sigma)
+    paper = CorruptionCompensation(PAPER_RECIPE.p_gray, PAPER_RECIPE.sigma)
+    assert (paper.p_gray, paper.sigma) == (0.4, 0.05)
 
 
 @requires_ffcv
-def test_fast_log_and_cos_agree_with_extended_precision():
-    import numba
+def test_ffcv_operation_defaults_come_from_the_default_recipe():
+    from eclipse_loader.adapters.ffcv_compensation import CompensateFFCV
 
-    from eclipse_loader.adapters.ffcv_compensation import _cos_2pi_unit, _log_unit
+    op = CompensateFFCV()
+    assert (op.p_gray, op.sigma) == (DEFAULT_RECIPE.p_gray, DEFAULT_RECIPE.sigma)
 
-    @numba.njit
-    def both(words, logs, coss):
-        for i in range(words.shape[0]):
-            logs[i] = _log_unit(np.uint64(words[i]))
-            coss[i] = _cos_2pi_unit(np.uint64(words[i]))
 
-    edges = [np.arange(0, 4096), np.arange(2**32 - 4096, 2**32)]
-    edges += [np.arange(q * 2**29 - 256, q * 2**29 + 256) for q in range(1, 8)]  # cos octant edges
-    edges += [np.arange(int(2**k * 2**0.5) - 64, int(2**k * 2**0.5) + 64) for k in range(7, 32)]  # log m = sqrt(2)
-    words = np.concatenate([*edges, np.random.default_rng(0).integers(0, 2**32, 200_000)]).astype(np.int64)
-    logs, coss = np.empty(len(words)), np.empty(len(words))
-    both(words, logs, coss)
-    u = (words.astype(np.longdouble) + np.longdouble(0.5)) / np.longdouble(2**32)
-    true_log = np.log(u)
-    true_cos = np.cos(2 * np.longdouble("3.14159265358979323846264338327950288") * u)
-    assert float(np.max(np.abs((logs - true_log) / true_log))) < 4e-15
-    assert float(np.max(np.abs(coss - true_cos))) < 4e-15
+def test_masks_boxes_and_labels_pass_through_a_v2_pipeline_unchanged(cifar):
+    """As torchvision's photometric transforms do: only images are corrupted."""
+    from torchvision import tv_tensors
+
+    image = tv_tensors.Image(_chw(cifar["train_x"][:1])[0])
+    mask = tv_tensors.Mask(torch.randint(0, 5, (32, 32), dtype=torch.uint8))
+    masks = tv_tensors.Mask(torch.randint(0, 2, (3, 32, 32), dtype=torch.uint8))  # 3 "channels": still a mask
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([[1, 2, 10, 12], [0, 0, 31, 31]]), format="XYXY", canvas_size=(32, 32))
+    sample = {"image": image, "mask": mask, "masks": masks, "boxes": boxes, "label": 3}
+    pipeline = v2.Compose([v2.RandomHorizontalFlip(p=1.0), CorruptionCompensation(p_gray=1.0, sigma=0.1)])
+    torch.manual_seed(0)
+    out = pipeline(sample)
+    assert isinstance(out["mask"], tv_tensors.Mask) and torch.equal(out["mask"], mask.flip(-1))
+    assert torch.equal(out["masks"], masks.flip(-1))
+    assert isinstance(out["boxes"], tv_tensors.BoundingBoxes)
+    assert torch.equal(out["boxes"], v2.RandomHorizontalFlip(p=1.0)(boxes))
+    assert out["label"] == 3
+    assert isinstance(out["image"], tv_tensors.Image)
+    assert not torch.equal(out["image"], image.flip(-1))  # the image itself was corrupted
+    alone = CorruptionCompensation(sigma=0.1)(masks)  # a Mask on its own is still passed through
+    assert torch.equal(alone, masks)

@@ -45,6 +45,19 @@ def hash32(x):
     return x
 
 
+def hash32_numpy(x: "np.ndarray") -> "np.ndarray":
+    """`hash32` of a numpy integer array, computed in wrapping uint64 arithmetic (several times faster
+    than `hash32` on numpy; the same words). Returns uint64."""
+    import numpy as np
+
+    x = x.astype(np.uint64) & np.uint64(MASK32)
+    x = x ^ (x >> np.uint64(16))
+    x = (x * np.uint64(0x7FEB352D)) & np.uint64(MASK32)
+    x = x ^ (x >> np.uint64(15))
+    x = (x * np.uint64(0x846CA68B)) & np.uint64(MASK32)
+    return x ^ (x >> np.uint64(16))
+
+
 @_jitable
 def sample_key(seed, epoch, index):
     """The 32-bit key of one sample in one epoch; all of its draws derive from it."""
@@ -58,9 +71,16 @@ def gray_word(key):
 
 
 @_jitable
-def element_salt(j):
-    """Per-element salt for draw ``j``; independent of the sample, so it can be tabulated once."""
-    return hash32((j & MASK32) ^ _NOISE_STREAM)
+def run_salt(r):
+    """Salt of noise run ``r`` of an image; independent of the sample, so it can be tabulated once."""
+    return hash32((r & MASK32) ^ _NOISE_STREAM)
+
+
+@_jitable
+def run_offset(key, salt, table_bits: int):
+    """Where in the noise table a sample's run (given by its salt) starts: the top ``table_bits`` bits
+    of a hash of ``(key, salt)``, in ``[0, 2**table_bits)``."""
+    return hash32(key ^ salt) >> (32 - table_bits)
 
 
 @_jitable

@@ -1,24 +1,26 @@
-"""Pure torch kernels of the corruption compensation (ECLIPSE Eq. 13), on uint8 images.
+"""Pure torch kernels of the corruption compensation (ECLIPSE Eq. 13), on uint8 image batches.
 
 Semantics, per sample ``i`` of epoch ``e`` under ``seed`` (shared exactly with the FFCV Operation):
 
 1. With probability ``p_gray``: replace R, G, B by the ITU-R 601-2 luma computed in integers exactly as
    PIL's ``convert("L")`` does, ``(19595 R + 38470 G + 7471 B + 32768) >> 16``.
 2. Add Gaussian noise of std ``sigma`` (in [0, 1] pixel units, i.e. ``255 * sigma`` levels) to every
-   channel of every pixel independently (a grayscale image gets coloured noise, as in the paper's code).
-3. Round half up and clamp to [0, 255], back to uint8.
+   channel of every pixel independently (a grayscale image gets coloured noise, as in the paper's code),
+   rounded half up, and clamp to [0, 255].
 
-The draws are counter-based (`counter_rng`): element ``j = (h * W + w) * C + c`` (HWC order) of sample
-``i`` uses ``N(0,1) = sqrt(-2 ln u1) cos(2 pi u2)`` with ``u1, u2`` hashed from ``(key_i, 2j)`` and
-``(key_i, 2j + 1)``. Arithmetic is float64 so torch and numba agree bit for bit after rounding.
+Every draw derives from the sample's 32-bit key ``counter_rng.sample_key(seed, e, i)``: grayscale from
+``gray_word(key)``, the noise from runs of a fixed table of N(0, 1) values at hashed offsets (see
+`noise_table`; values numbered ``j = (h * W + w) * C + c``, HWC order, as FFCV stores images). All of
+it is integer arithmetic and table reads, so torch (CPU or CUDA) and numba agree bit for bit.
 """
 from __future__ import annotations
 
-import math
+import functools
 
 import torch
 
 from . import counter_rng as rng
+from . import noise_table
 
 LUMA_R, LUMA_G, LUMA_B, LUMA_HALF = 19595, 38470, 7471, 32768
 
@@ -40,20 +42,28 @@ def gray_mask(keys: torch.Tensor, p_gray: float) -> torch.Tensor:
     return rng.to_unit_open(rng.gray_word(keys).to(torch.float64)) < p_gray
 
 
-def standard_normal(keys: torch.Tensor, shape_chw: tuple[int, int, int]) -> torch.Tensor:
-    """float64 N(0,1) draws of shape ``(B, C, H, W)``, element ``j`` numbered in HWC order."""
+@functools.lru_cache(maxsize=16)
+def _tables(noise_scale: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rounded noise table as overlapping runs ``(TABLE_SIZE, RUN_LENGTH)`` (a strided view),
+    on ``device``."""
+    levels = torch.from_numpy(noise_table.rounded_noise_table(noise_scale).copy()).to(device)
+    return levels, levels.unfold(0, noise_table.RUN_LENGTH, 1)
+
+
+@functools.lru_cache(maxsize=16)
+def _run_salts(num_values: int, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(noise_table.run_salts(num_values)).to(device)
+
+
+def noise_levels(keys: torch.Tensor, shape_chw: tuple[int, int, int], noise_scale: float) -> torch.Tensor:
+    """int16 noise in grey levels, ``floor(noise_scale * z + 0.5)``, shape ``(B, C, H, W)``."""
     c, h, w = shape_chw
-    device = keys.device
-    hh = torch.arange(h, device=device, dtype=torch.int64).view(1, h, 1)
-    ww = torch.arange(w, device=device, dtype=torch.int64).view(1, 1, w)
-    cc = torch.arange(c, device=device, dtype=torch.int64).view(c, 1, 1)
-    j = (hh * w + ww) * c + cc  # (C, H, W): the HWC element number
-    salt1 = rng.element_salt(2 * j)
-    salt2 = rng.element_salt(2 * j + 1)
-    k = keys.view(-1, 1, 1, 1)
-    u1 = rng.to_unit_open(rng.hash32(k ^ salt1).to(torch.float64))
-    u2 = rng.to_unit_open(rng.hash32(k ^ salt2).to(torch.float64))
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
+    num_values = c * h * w
+    salts = _run_salts(num_values, keys.device)
+    offsets = rng.run_offset(keys.view(-1, 1), salts.view(1, -1), noise_table.TABLE_BITS)  # (B, runs)
+    _, runs = _tables(float(noise_scale), keys.device)
+    flat = runs[offsets].view(keys.shape[0], -1)[:, :num_values]  # values in HWC order
+    return flat.view(-1, h, w, c).permute(0, 3, 1, 2)
 
 
 def compensate_batch(
@@ -83,9 +93,11 @@ def compensate_with_keys(images: torch.Tensor, keys: torch.Tensor, *, p_gray: fl
         raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(images.shape)}")
     out = images
     if p_gray > 0:
-        mask = gray_mask(keys, p_gray).view(-1, 1, 1, 1)
-        out = torch.where(mask, luma_uint8(images).expand_as(images), images)
+        gray = gray_mask(keys, p_gray).nonzero().view(-1)  # luma only where needed: ~p_gray of the batch
+        if len(gray):
+            out = images.clone()
+            out[gray] = luma_uint8(images[gray]).expand(-1, 3, -1, -1)
     if sigma > 0:
-        noisy = out.to(torch.float64) + (255.0 * sigma) * standard_normal(keys, tuple(images.shape[1:]))
-        out = torch.floor(noisy + 0.5).clamp_(0, 255).to(torch.uint8)
+        noise = noise_levels(keys, tuple(images.shape[1:]), 255.0 * sigma)
+        out = (out.to(torch.int16) + noise).clamp_(0, 255).to(torch.uint8)
     return out.clone() if out is images else out

@@ -7,20 +7,16 @@ import PIL.Image
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2._utils import is_pure_tensor
 
+from ..recipes import DEFAULT_RECIPE
 from . import functional as F
+from .params import check_compensation_args
 
 IndexLike = Union[int, Sequence[int], torch.Tensor]
 
 
-def check_compensation_args(p_gray: float, sigma: float, seed: int) -> None:
-    """Raise ValueError unless ``0 <= p_gray <= 1``, ``sigma >= 0`` and ``seed`` is a non-negative int."""
-    if not 0.0 <= float(p_gray) <= 1.0:
-        raise ValueError(f"p_gray must be in [0, 1], got {p_gray}")
-    if not float(sigma) >= 0.0:
-        raise ValueError(f"sigma must be >= 0 (in [0,1] pixel units), got {sigma}")
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+__all__ = ["CorruptionCompensation", "check_compensation_args"]
 
 
 class CorruptionCompensation(v2.Transform):
@@ -40,14 +36,18 @@ class CorruptionCompensation(v2.Transform):
       global RNG, so they follow ``torch.manual_seed`` / DataLoader worker seeding.
 
     Args:
-        p_gray: probability of turning a sample grayscale (paper default 0.4).
-        sigma: noise std in [0, 1] pixel units (paper default 0.05, i.e. 12.75 grey levels).
+        p_gray: probability of turning a sample grayscale (default: the ``default`` recipe's 0.2;
+            the paper's 0.4 via ``recipes.get_recipe("paper").p_gray``).
+        sigma: noise std in [0, 1] pixel units (default: the ``default`` recipe's 0.03, i.e. 7.65
+            grey levels; the paper's 0.05 via recipe ``"paper"``).
         seed: base seed of the indexed draws.
     """
 
-    _transformed_types = (torch.Tensor, PIL.Image.Image)
+    # as torchvision's photometric transforms: images, videos (frames as a batch) and plain tensors;
+    # masks, bounding boxes, keypoints and non-tensor entries pass through unchanged
+    _transformed_types = (tv_tensors.Image, tv_tensors.Video, PIL.Image.Image, is_pure_tensor)
 
-    def __init__(self, p_gray: float = 0.4, sigma: float = 0.05, seed: int = 0) -> None:
+    def __init__(self, p_gray: float = DEFAULT_RECIPE.p_gray, sigma: float = DEFAULT_RECIPE.sigma, seed: int = 0) -> None:
         super().__init__()
         check_compensation_args(p_gray, sigma, seed)
         self.p_gray = float(p_gray)

@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..compensation.transform import check_compensation_args
+from ..compensation.params import check_compensation_args
+from ..recipes import DEFAULT_RECIPE
 
 
 @dataclass(frozen=True)
@@ -19,15 +20,16 @@ class AugmentConfig:
         flip: random horizontal flip with probability 0.5.
         translate_padding: random shift of up to this many pixels, zero filled (0 disables).
         compensate: apply the corruption compensation.
-        p_gray, sigma: compensation parameters (paper: 0.4 and 0.05).
+        p_gray, sigma: compensation parameters (default: the ``default`` recipe's 0.2 / 0.03; the
+            paper's 0.4 / 0.05 via recipe ``"paper"``).
         mean, std: per-channel normalisation in [0, 1] units; ``None`` keeps [0, 1] floats (the paper's choice).
     """
 
     flip: bool = True
     translate_padding: int = 4
     compensate: bool = True
-    p_gray: float = 0.4
-    sigma: float = 0.05
+    p_gray: float = DEFAULT_RECIPE.p_gray
+    sigma: float = DEFAULT_RECIPE.sigma
     mean: Optional[tuple[float, float, float]] = None
     std: Optional[tuple[float, float, float]] = None
 

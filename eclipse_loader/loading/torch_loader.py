@@ -1,26 +1,26 @@
 """The pure-torch loader: same samples, order rule, augmentation and compensation as the FFCV loader.
 
-Used where ffcv cannot be imported (Windows, macOS) and by plain-PyTorch users. Data is held in memory
-(`LabelledImages`); each epoch builds a ``torch.utils.data.DataLoader`` over this rank's indices, and a
-collate function augments the whole batch at once. Flip and translation are seeded from
-``(seed, epoch, index)`` (FFCV's own flip/translate ops are unseeded); the compensation is bit-identical
-to the FFCV Operation.
+Used where ffcv cannot be imported (Windows, macOS), by plain-PyTorch users, and for in-memory
+datasets (CIFAR-size) whose augmentation should run on the training device. The data is held in memory
+(`LabelledImages`, optionally copied to the device once); each batch is gathered, flipped, translated,
+compensated and scaled as a whole (`batch_augment`), on the device when one is given. Flip and
+translation are seeded from ``(seed, epoch, index)`` (FFCV's own flip/translate ops are unseeded);
+the compensation is bit-identical to the FFCV Operation.
 """
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..compensation import counter_rng as rng
-from ..compensation.functional import compensate_batch
 from ..data.images import LabelledImages
+from .batch_augment import Normalizer, augment_batch, flip_and_translate
 from .config import AugmentConfig
 
-_FLIP_STREAM, _SHIFT_Y_STREAM, _SHIFT_X_STREAM = 0x1B873593, 0x27D4EB2F, 0x165667B1
+__all__ = ["EpochSampler", "TorchEpochLoader", "epoch_order", "flip_and_translate"]
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> np.ndarray:
@@ -33,50 +33,23 @@ def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool, rank: in
     return order
 
 
-def flip_and_translate(images: torch.Tensor, keys: torch.Tensor, flip: bool, padding: int) -> torch.Tensor:
-    """Per-sample horizontal flip (p=0.5) and zero-filled shift of up to ``padding`` pixels, keyed by ``keys``."""
-    out = images
-    if flip:
-        do_flip = (rng.hash32(keys ^ _FLIP_STREAM) & 1).bool().view(-1, 1, 1, 1)
-        out = torch.where(do_flip, out.flip(-1), out)
-    if padding > 0:
-        b, _, h, w = out.shape
-        padded = torch.nn.functional.pad(out, (padding, padding, padding, padding))
-        dy = rng.hash32(keys ^ _SHIFT_Y_STREAM) % (2 * padding + 1)
-        dx = rng.hash32(keys ^ _SHIFT_X_STREAM) % (2 * padding + 1)
-        rows = (dy.view(b, 1) + torch.arange(h, device=out.device)).view(b, 1, h, 1).expand(b, out.shape[1], h, w + 2 * padding)
-        cols = (dx.view(b, 1) + torch.arange(w, device=out.device)).view(b, 1, 1, w).expand(b, out.shape[1], h, w)
-        out = padded.gather(2, rows).gather(3, cols)
-    return out
+class _BatchMaker:
+    """Gathers, augments and scales the batch of given dataset indices (picklable for DataLoader workers)."""
 
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: Optional[AugmentConfig], seed: int,
+                 epoch: int, normalize: AugmentConfig) -> None:
+        self.images, self.labels = images, labels  # images: (N, H, W, 3) uint8, contiguous
+        self.augment, self.seed, self.epoch = augment, seed, epoch
+        self.scale = Normalizer(normalize, images.device)
 
-class _IndexedImages:
-    """The data as uint8 CHW / int64 tensors; the DataLoader iterates indices and the collate gathers."""
-
-    def __init__(self, data: LabelledImages) -> None:
-        self.images = torch.from_numpy(data.images).permute(0, 3, 1, 2)  # a view, no copy
-        self.labels = torch.from_numpy(data.labels)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-class _AugmentingCollate:
-    def __init__(self, dataset: _IndexedImages, augment: Optional[AugmentConfig], seed: int, epoch: int, normalize: AugmentConfig) -> None:
-        self.dataset, self.augment, self.seed, self.epoch = dataset, augment, seed, epoch
-        mean, std = normalize.scale
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
-
-    def __call__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.int64)
-        images = self.dataset.images[idx]
+    def __call__(self, indices: Union[list[int], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.int64, device=self.images.device)
+        n, h, w, c = self.images.shape
+        # rows of 3 * H * W bytes: index_select copies each image in one piece (uint8 NCHW indexing goes byte by byte)
+        batch = self.images.view(n, -1).index_select(0, idx).view(-1, h, w, c).permute(0, 3, 1, 2)
         if self.augment is not None:
-            keys = rng.sample_key(self.seed, self.epoch, idx)
-            images = flip_and_translate(images, rng.hash32(keys ^ 0x7F4A7C15), self.augment.flip, self.augment.translate_padding)
-            if self.augment.compensate:
-                images = compensate_batch(images, idx, p_gray=self.augment.p_gray, sigma=self.augment.sigma, seed=self.seed, epoch=self.epoch)
-        return (images.float() - self.mean) / self.std, self.dataset.labels[idx]
+            batch = augment_batch(batch, idx, self.augment, self.seed, self.epoch)
+        return self.scale(batch), self.labels.index_select(0, idx)
 
 
 class EpochSampler:
@@ -100,7 +73,14 @@ class TorchEpochLoader:
         shuffle, drop_last: as in ``DataLoader``.
         seed: base seed of order, augmentation and compensation.
         rank, world_size: shard for distributed training (padded like ``DistributedSampler``).
-        num_workers: ``DataLoader`` worker processes (0: augment in the main process).
+        num_workers: ``DataLoader`` worker processes that build batches on the CPU (0: build them in
+            this process, on ``device``).
+        device: where batches are built and returned (default CPU). With ``num_workers=0`` the whole
+            dataset is copied there once and every operation runs there (a GPU: airbench-style loading);
+            with workers, batches are built on the CPU and moved.
+
+    Images come out channels-last in memory (like FFCV's ``ToTorchImage``); the values do not depend
+    on ``device``, ``num_workers`` or ``batch_size``.
     """
 
     def __init__(
@@ -115,10 +95,16 @@ class TorchEpochLoader:
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
+        device: Union[str, torch.device, None] = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.dataset = _IndexedImages(data)
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.device = torch.device(device or "cpu")
+        build_on = torch.device("cpu") if num_workers > 0 else self.device
+        self.images = torch.from_numpy(np.ascontiguousarray(data.images)).to(build_on)
+        self.labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64)).to(build_on)
         self.batch_size, self.augment, self.normalize = batch_size, augment, normalize or augment or AugmentConfig()
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
@@ -131,7 +117,7 @@ class TorchEpochLoader:
         self.next_epoch = int(epoch)
 
     def __len__(self) -> int:
-        per_rank = len(epoch_order(len(self.dataset), 0, 0, False, self.rank, self.world_size))
+        per_rank = len(epoch_order(len(self.labels), 0, 0, False, self.rank, self.world_size))
         return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -142,12 +128,18 @@ class TorchEpochLoader:
         # (Lightning makes some before calling set_epoch) does not consume an epoch.
         epoch = self.next_epoch
         self.next_epoch += 1
-        order = epoch_order(len(self.dataset), self.seed, epoch, self.shuffle, self.rank, self.world_size)
-        collate = _AugmentingCollate(self.dataset, self.augment, self.seed, epoch, self.normalize)
-        yield from DataLoader(
-            order.tolist(), batch_size=self.batch_size, shuffle=False, drop_last=self.drop_last,
-            collate_fn=collate, num_workers=self.num_workers,
-        )
+        order = epoch_order(len(self.labels), self.seed, epoch, self.shuffle, self.rank, self.world_size)
+        make = _BatchMaker(self.images, self.labels, self.augment, self.seed, epoch, self.normalize)
+        if self.num_workers == 0:
+            order_t = torch.from_numpy(order).to(self.device)
+            stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+            for start in range(0, stop, self.batch_size):
+                yield make(order_t[start:start + self.batch_size])
+            return
+        batches = DataLoader(order.tolist(), batch_size=self.batch_size, shuffle=False, drop_last=self.drop_last,
+                             collate_fn=make, num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        for images, labels in batches:
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def close(self) -> None:
         """Nothing to release (present for parity with the FFCV loader)."""

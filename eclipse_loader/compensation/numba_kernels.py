@@ -1,0 +1,130 @@
+"""numba kernels of the corruption compensation on uint8 HWC images (the FFCV Operation's work).
+
+They compute exactly what `functional.compensate_with_keys` computes (same keys, grayscale rule and
+noise-table runs, see `noise_table`), one image at a time, and are compiled once per machine
+(``cache=True``: later processes load the machine code instead of compiling for ~5 s).
+
+FFCV freezes the arrays a pipeline closure captures into the compiled code, and passes an
+Operation nothing but the batch, its output buffer and the sample indices. State that must change
+while a loader runs (the epoch, the per-sample pass counters) and the large noise table are
+therefore passed by address (`array_at`); the caller keeps the arrays alive.
+
+``EPOCH_AUTO``: unless an epoch is set, each sample uses the number of times this operation has
+already processed it, so the n-th pass over a sample draws epoch n's corruption (exactly the epoch
+number when every epoch visits every sample).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from . import counter_rng as rng
+from .functional import LUMA_B, LUMA_G, LUMA_HALF, LUMA_R
+from .noise_table import RUN_LENGTH, TABLE_BITS
+
+EPOCH_AUTO = -1
+
+
+@intrinsic
+def _as_pointer(typingctx, address):
+    """An int64 address as a ``void*`` (numba has no other way to view memory it did not allocate)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(address), codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def _int64_at(address, length):
+    return numba.carray(_as_pointer(address), (length,), np.int64)
+
+
+@numba.njit(nogil=True, cache=True)
+def _int16_at(address, length):
+    return numba.carray(_as_pointer(address), (length,), np.int16)
+
+
+def array_at(array: np.ndarray) -> tuple[int, int]:
+    """``(address, length)`` of a C-contiguous int64 or int16 array, for the kernels below."""
+    if not array.flags.c_contiguous or array.dtype not in (np.int64, np.int16):
+        raise ValueError(f"need a C-contiguous int64/int16 array, got {array.dtype} {array.flags}")
+    return array.ctypes.data, array.size
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def compensate_image(src, dst, key, p_gray, levels, salts):
+    """Compensate one HWC uint8 image ``src`` into the C-contiguous ``dst``.
+
+    ``levels``: `noise_table.rounded_noise_table` of the noise scale (empty: no noise); ``salts``:
+    `noise_table.run_salts` of the image size.
+    """
+    flat_src = np.ascontiguousarray(src).reshape(-1)
+    flat_dst = dst.reshape(-1)
+    n = flat_src.shape[0]
+    gray = p_gray > 0 and rng.to_unit_open(rng.gray_word(key)) < p_gray
+    if gray:
+        _luma_rgb(flat_src.reshape(n // 3, 3), flat_dst.reshape(n // 3, 3))
+    elif levels.shape[0] == 0:
+        for t in range(n):
+            flat_dst[t] = flat_src[t]
+    if levels.shape[0] == 0:
+        return
+    base = flat_dst if gray else flat_src
+    for r in range(salts.shape[0]):
+        start = r * RUN_LENGTH
+        stop = min(start + RUN_LENGTH, n)
+        offset = rng.run_offset(key, salts[r], TABLE_BITS)
+        _add_clamped(base[start:stop], levels[offset:offset + stop - start], flat_dst[start:stop])
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _luma_rgb(src, dst):
+    """PIL's integer luma of each RGB row of ``src``, written to all three channels of ``dst``."""
+    for q in range(src.shape[0]):
+        luma = (np.int32(src[q, 0]) * LUMA_R + np.int32(src[q, 1]) * LUMA_G + np.int32(src[q, 2]) * LUMA_B
+                + LUMA_HALF) >> 16
+        dst[q, 0] = luma
+        dst[q, 1] = luma
+        dst[q, 2] = luma
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _add_clamped(values, noise, out):
+    for t in range(values.shape[0]):
+        out[t] = min(max(np.int32(values[t]) + noise[t], 0), 255)
+
+
+@numba.njit(nogil=True, cache=True)
+def epochs_of_batch(indices, epochs, state_address, visits_address, num_visits):
+    """Fill ``epochs[i]`` with the epoch whose draws sample ``indices[i]`` uses, and count the pass.
+
+    The state holds one int64: an epoch set with ``set_epoch`` (>= 0), or `EPOCH_AUTO`. Every call
+    increments the visit counter of each index (so the counters stay meaningful if the mode changes);
+    in auto mode the epoch is the counter before the increment. Returns -1, or the first index that has
+    no counter (the caller raises).
+    """
+    fixed = _int64_at(state_address, 1)[0]
+    visits = _int64_at(visits_address, num_visits)
+    for i in range(indices.shape[0]):
+        index = np.int64(indices[i])
+        if index < 0 or index >= num_visits:
+            if fixed == EPOCH_AUTO:
+                return index
+            epochs[i] = fixed
+            continue
+        epochs[i] = visits[index] if fixed == EPOCH_AUTO else fixed
+        visits[index] += 1
+    return -1
+
+
+@numba.njit(nogil=True, cache=True, parallel=True)
+def compensate_batch(images, dst, indices, epochs, seed, p_gray, levels_address, levels_length, salts):
+    """`compensate_image` for every image of an FFCV batch (parallel over images; numba's thread count
+    of the calling thread, which FFCV sets to the loader's ``num_workers``)."""
+    levels = _int16_at(levels_address, levels_length)
+    for i in numba.prange(images.shape[0]):
+        key = rng.sample_key(seed, epochs[i], np.int64(indices[i]))
+        compensate_image(images[i], dst[i], key, p_gray, levels, salts)
