@@ -45,3 +45,20 @@ def test_purify_under_ddp_completes_and_shards_the_purified_data(tmp_path, cifar
     assert len(list((tmp_path / "cache" / "purified").glob("*.beton"))) == 1
     seen = [set(map(int, (tmp_path / f"rank{r}.txt").read_text().split())) for r in range(2)]
     assert seen[0] | seen[1] == set(range(n)) and not seen[0] & seen[1]
+
+
+def test_train_denoiser_runs_under_ddp_and_rank_zero_saves(tmp_path):
+    """`train-denoiser --devices 2 --strategy ddp` (CPU, gloo): two processes, one denoiser written."""
+    import json
+
+    out = tmp_path / "den"
+    command = [sys.executable, "-m", "eclipse_loader.cli",
+               "train-denoiser", "embedded:trusted", str(out), "--preset", "tiny", "--sparse-count", "16",
+               "--batch-size", "4", "--max-steps", "3", "--checkpoint-every", "2", "--log-every", "1", "--t-max", "99",
+               "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    info = json.loads((out / "denoiser.json").read_text())
+    assert info["devices"] == 2 and info["trained_steps"] == 3
+    assert (tmp_path / "den.train" / "checkpoints" / "last.ckpt").is_file()
+    assert list((tmp_path / "den.train" / "logs").glob("version_0/metrics.csv"))

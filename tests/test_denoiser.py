@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from eclipse_loader.data.images import as_labelled_images
+from eclipse_loader.data.embedded import load_embedded
 from eclipse_loader.denoiser import build_scheduler, build_unet, denoiser_hash, get_preset, load_denoiser, save_denoiser
 from eclipse_loader.denoiser.io import DenoiserNotFoundError, weights_path
 from eclipse_loader.denoiser.training import DenoiserModule, train_denoiser
 
-CIFAR = Path(__file__).resolve().parents[1] / "../shared/data/cifar10.npz"
 
 
 def test_paper_preset_matches_paper_architecture():
@@ -46,10 +45,8 @@ def test_timesteps_restricted_to_t_max():
         DenoiserModule(dict(build_unet("tiny").config), t_max=4000)
 
 
-@pytest.mark.skipif(not CIFAR.exists(), reason="CIFAR-10 npz not available")
 def test_train_save_and_load_without_unpickling(tmp_path, monkeypatch):
-    with np.load(CIFAR) as archive:
-        data = as_labelled_images(archive["train_x"][:64], archive["train_y"][:64], 10)
+    data = load_embedded("trusted").subset(np.arange(64))
     out = train_denoiser(data, "tiny", tmp_path / "den", max_steps=4, batch_size=16, t_max=120, seed=1,
                          accelerator="cpu", progress=False)
     assert weights_path(out).is_file() and (out / "unet" / "config.json").is_file()

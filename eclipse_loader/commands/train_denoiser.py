@@ -15,7 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Pick a class-balanced sparse clean set from a TRUSTED clean source (default 4%% of --train-size "
             "images, the paper's B/N), optionally check it shares no image with the evaluation set, and train "
             "a diffusers UNet2DModel on it (eps-MSE, cosine schedule, T=4000, EMA weights). The output "
-            "directory holds unet/ and scheduler/ in diffusers format plus denoiser.json."
+            "directory holds unet/ and scheduler/ in diffusers format plus denoiser.json. Checkpoints and the "
+            "CSV loss log go to --work-dir; rerunning the same command after a kill resumes from the last "
+            "checkpoint."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -48,8 +50,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--t-max", type=int, default=None,
                         help="train only on timesteps t <= T_MAX (default: the recipe's; -1: all 4000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of init, data order, noise and timesteps")
-    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    hardware = parser.add_argument_group("hardware (Lightning Trainer flags; --strategy ddp for several devices)")
+    hardware.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
+    hardware.add_argument("--devices", default="1", help="devices per node: a count, 'auto', or a list such as 0,1")
+    hardware.add_argument("--strategy", default="auto", help="Lightning strategy: auto, ddp, ddp_find_unused_parameters_true, ...")
+    hardware.add_argument("--num-nodes", type=int, default=1, help="machines (multi-node DDP; --work-dir on shared storage)")
+    progress = parser.add_argument_group("checkpoints and logging")
+    progress.add_argument("--work-dir", default=None,
+                          help="checkpoints, job.json and the CSV loss log (logs/version_N/metrics.csv); "
+                               "default: OUTPUT.train beside OUTPUT")
+    progress.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: only at the end)")
+    progress.add_argument("--no-resume", action="store_true",
+                          help="start afresh even if --work-dir holds a checkpoint of this job")
+    progress.add_argument("--log-every", type=int, default=25,
+                          help="steps between rows of the CSV loss log (and printed loss lines with --no-progress)")
+    progress.add_argument("--no-progress", action="store_true", help="hide the progress bar (the loss is printed instead)")
     parser.set_defaults(func=run)
 
 
@@ -57,6 +72,11 @@ def _t_max(args: argparse.Namespace) -> "int | None":
     if args.t_max is None:
         return get_recipe(args.recipe).denoiser_t_max
     return None if args.t_max == -1 else args.t_max
+
+
+def _devices(value: str) -> "int | str":
+    """``--devices``: a count as an int (Lightning reads the string "2" as device index 2 on GPUs)."""
+    return int(value) if value.strip().isdigit() else value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,9 +99,14 @@ def run(args: argparse.Namespace) -> int:
     out = train_denoiser(
         train_set, args.preset, args.output, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
         ema_decay=args.ema_decay, t_max=_t_max(args), seed=args.seed, accelerator=args.accelerator,
-        progress=not args.no_progress,
+        devices=_devices(args.devices), strategy=args.strategy, num_nodes=args.num_nodes, progress=not args.no_progress,
+        work_dir=args.work_dir, checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
+        log_every=args.log_every,
         metadata={"source": args.source, "sparse_indices": indices, "sparse_seed": args.sparse_seed,
                   "eval_source": args.eval_source, "enlarge_m": args.enlarge},
     )
-    print(f"denoiser written to {out}")
+    from ..denoiser.resume import default_work_dir
+
+    work = args.work_dir or default_work_dir(args.output)
+    print(f"denoiser written to {out} (checkpoints and the CSV loss log: {work})")
     return 0

@@ -1,16 +1,24 @@
 """Train the sparse-set denoiser with Lightning: eps-MSE, EMA weights, optional t <= t_max.
 
+Checkpoints (every ``checkpoint_every`` steps and at the end) go to a work directory beside the
+output (`eclipse_loader.denoiser.resume`); rerunning the same job resumes from the last one, with
+the step counter, optimiser, EMA weights and noise stream restored. The loss is logged to CSV
+(``WORK/logs/version_N/metrics.csv``, one version per start). Lightning's ``accelerator``,
+``devices``, ``strategy`` and ``num_nodes`` choose the hardware (DDP on ``strategy="ddp"``).
+
 This is the only module of the denoiser package that imports Lightning.
 """
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
@@ -20,6 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..data.images import LabelledImages
 from ..purify.purifier import to_model_range  # the same [-1, 1] scaling the purifier feeds the U-Net
 from .io import save_denoiser
+from .resume import CHECKPOINT_DIR, LAST_CHECKPOINT, default_work_dir, open_training_work_dir
 from .presets import NUM_TRAIN_TIMESTEPS, build_scheduler, build_unet, get_preset
 
 PathLike = Union[str, os.PathLike]
@@ -53,11 +62,40 @@ class DenoiserModule(L.LightningModule):
         self.ema: Optional[EMAModel] = None
         self._gen = torch.Generator().manual_seed(int(seed) + 1)
         self.loss_history: list[tuple[int, float]] = []
+        self.train_seconds = 0.0  # over every start of this job (restored from checkpoints)
+        self._ema_state: Optional[dict[str, Any]] = None
 
     def on_fit_start(self) -> None:
         if self.ema is None:
             self.ema = EMAModel(self.unet.parameters(), decay=self.hparams.ema_decay)
+        self._restore_ema()
         self.ema.to(self.device)
+
+    def on_train_start(self) -> None:
+        # after Lightning restored the step counter: the noise stream of (seed, rank, step), so a
+        # resumed run does not replay the draws of the steps it already trained on
+        self._restore_ema()
+        self._gen.manual_seed(noise_seed(self.hparams.seed, self.global_rank, self.global_step))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["denoiser_state"] = {
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "loss_history": [list(item) for item in self.loss_history],
+            "train_seconds": float(self.train_seconds),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("denoiser_state", {})
+        self._ema_state = state.get("ema")
+        self.loss_history = [(int(step), float(loss)) for step, loss in state.get("loss_history", [])]
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        if self.ema is not None:
+            self._restore_ema()
+
+    def _restore_ema(self) -> None:
+        if self._ema_state is not None and self.ema is not None:
+            self.ema.load_state_dict(self._ema_state)
+            self._ema_state = None
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         x0 = batch[0]
@@ -75,9 +113,10 @@ class DenoiserModule(L.LightningModule):
             self.loss_history.append((int(self.global_step), float(loss.detach())))
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
         assert self.ema is not None
-        self.ema.step(self.unet.parameters())
+        self.ema.step(self.unet.parameters())  # here, so a checkpoint taken after this step includes it
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.unet.parameters(), lr=self.hparams.lr, weight_decay=0.0)
@@ -89,6 +128,38 @@ class DenoiserModule(L.LightningModule):
             self.ema.to("cpu")
             self.ema.copy_to(unet.parameters())
         return unet.eval()
+
+
+def noise_seed(seed: int, rank: int, step: int) -> int:
+    """Seed of the noise/timestep generator for a (re)start at ``step`` on ``rank``.
+
+    A fresh single-process run keeps ``seed + 1`` (the draws of earlier versions); every other
+    (rank, step) gets its own stream.
+    """
+    if rank == 0 and step == 0:
+        return int(seed) + 1
+    return int(np.random.SeedSequence([int(seed) + 1, int(rank), int(step)]).generate_state(1)[0])
+
+
+class _StepTimer(L.Callback):
+    """Adds this start's training time to the module's total; prints the loss when there is no bar."""
+
+    def __init__(self, print_every: int) -> None:
+        self.print_every, self._start = print_every, 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: DenoiserModule) -> None:
+        self._start = time.perf_counter()
+        self._base = pl_module.train_seconds
+        if trainer.global_step and trainer.is_global_zero:
+            print(f"resuming from step {trainer.global_step}", flush=True)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: DenoiserModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        pl_module.train_seconds = self._base + time.perf_counter() - self._start
+        step = trainer.global_step
+        if self.print_every and trainer.is_global_zero and (step % self.print_every == 0 or step == trainer.max_steps):
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            print(f"step {step}/{trainer.max_steps}: loss {float(loss):.5f}", flush=True)
 
 
 def check_t_max(t_max: Optional[int]) -> None:
@@ -109,8 +180,16 @@ def train_denoiser(
     t_max: Optional[int] = None,
     seed: int = 0,
     accelerator: str = "auto",
+    devices: Union[int, str] = 1,
+    strategy: str = "auto",
+    num_nodes: int = 1,
     progress: bool = True,
     metadata: Optional[dict[str, Any]] = None,
+    work_dir: Optional[PathLike] = None,
+    checkpoint_every: int = 1000,
+    resume: bool = True,
+    log_every: int = 25,
+    callbacks: Sequence[L.Callback] = (),
 ) -> Path:
     """Train a denoiser on ``data`` (the sparse clean set) and save its EMA weights to ``out_dir``.
 
@@ -125,8 +204,17 @@ def train_denoiser(
         t_max: if given, train only on timesteps ``t <= t_max`` (purification uses ``t < t*``).
         seed: seeds weight init, data order, noise and timesteps.
         accelerator: Lightning accelerator (``"cpu"``, ``"gpu"``, ``"auto"``).
-        progress: show Lightning's progress bar.
+        devices: Lightning devices per node (an int, ``"auto"``, or a list string such as ``"0,1"``).
+        strategy: Lightning strategy (``"auto"``, ``"ddp"``, ...); with DDP, ``batch_size`` is per device.
+        num_nodes: machines (multi-node DDP; the work directory must be on a shared file system).
+        progress: show Lightning's progress bar (without it, the loss is printed every ``log_every`` steps).
         metadata: extra JSON facts stored in ``denoiser.json`` (e.g. sparse-set indices).
+        work_dir: checkpoints, ``job.json`` and the CSV loss log (default ``OUT_DIR.train`` beside
+            ``out_dir``). A rerun of the same job there resumes from its last checkpoint.
+        checkpoint_every: steps between checkpoints (0: only at the end).
+        resume: False: start afresh even if ``work_dir`` holds a checkpoint of this job.
+        log_every: steps between loss rows in the CSV log (and printed lines without ``progress``).
+        callbacks: extra Lightning callbacks.
 
     Returns:
         ``out_dir`` as a `Path`.
@@ -135,6 +223,10 @@ def train_denoiser(
     check_t_max(t_max)
     if int(max_steps) != max_steps or max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    for name, value in (("checkpoint_every", checkpoint_every), ("log_every", log_every)):
+        if int(value) != value or value < 0 or (name == "log_every" and value < 1):
+            raise ValueError(f"{name} must be a {'positive' if name == 'log_every' else 'non-negative'} integer, "
+                             f"got {value!r}")
     if len(data) == 0:
         raise ValueError("cannot train a denoiser on an empty dataset")
     image_size = data.image_shape[0]
@@ -144,6 +236,10 @@ def train_denoiser(
     unet_kwargs = {k: v for k, v in dict(unet_kwargs).items() if not k.startswith("_")}
     module = DenoiserModule(unet_kwargs, lr=lr, ema_decay=ema_decay, t_max=t_max, seed=seed)
     batch_size = min(int(batch_size), len(data))
+    work = Path(work_dir) if work_dir is not None else default_work_dir(out_dir)
+    job = {"data_sha256": data.fingerprint(), "preset": preset, "image_size": image_size, "batch_size": batch_size,
+           "lr": lr, "ema_decay": ema_decay, "t_max": t_max, "seed": seed}
+    checkpoint = open_training_work_dir(work, job, resume=resume)
     loader = DataLoader(
         TensorDataset(to_model_range(data.images)),
         batch_size=batch_size,
@@ -151,20 +247,33 @@ def train_denoiser(
         drop_last=True,
         generator=torch.Generator().manual_seed(int(seed) + 2),
     )
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    saver = ModelCheckpoint(dirpath=work / CHECKPOINT_DIR, filename="step{step}", auto_insert_metric_name=False,
+                            every_n_train_steps=int(checkpoint_every) or None, save_top_k=0, save_last=True)
+    loggers: list[Any] = [CSVLogger(work, name="logs", flush_logs_every_n_steps=int(log_every))]
+    if importlib.util.find_spec("tensorboard") is not None:  # optional
+        loggers.append(TensorBoardLogger(work, name="tensorboard"))
     trainer = L.Trainer(
         max_steps=int(max_steps),
         accelerator=accelerator,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
+        devices=devices,
+        strategy=strategy,
+        num_nodes=num_nodes,
+        logger=loggers,
+        callbacks=[saver, _StepTimer(0 if progress else int(log_every)), *callbacks],
         enable_progress_bar=progress,
         enable_model_summary=False,
         gradient_clip_val=1.0,
-        log_every_n_steps=25,
+        log_every_n_steps=int(log_every),
     )
-    start = time.perf_counter()
-    trainer.fit(module, loader)
-    seconds = time.perf_counter() - start
+    trainer.fit(module, loader, ckpt_path=checkpoint, weights_only=True)
+    # the end state, so a rerun of a finished job has nothing to redo
+    trainer.save_checkpoint(work / CHECKPOINT_DIR / LAST_CHECKPOINT, weights_only=False)
+    if not trainer.is_global_zero:
+        trainer.strategy.barrier()  # return once rank zero has written the denoiser
+        return Path(out_dir)
     info = {
         "preset": preset,
         "max_steps": int(max_steps),
@@ -174,9 +283,14 @@ def train_denoiser(
         "t_max": t_max,
         "seed": seed,
         "num_train_images": len(data),
-        "train_seconds": round(seconds, 3),
+        "train_seconds": round(module.train_seconds, 3),
+        "trained_steps": int(trainer.global_step),
+        "work_dir": str(work),
+        "devices": int(trainer.world_size),
         "loss_history": module.loss_history,
         "objective": "eps-MSE, fixed variance (fixed_small); paper: learned-range L_hybrid",
         **(metadata or {}),
     }
-    return save_denoiser(module.ema_unet(), build_scheduler(), out_dir, info)
+    out = save_denoiser(module.ema_unet(), build_scheduler(), out_dir, info)
+    trainer.strategy.barrier()
+    return out
