@@ -158,3 +158,19 @@ def test_keyed_rsk_ff_depends_on_the_sample_not_the_batch():
     parts = torch.cat([rsk_ff_keyed(images[:2], idx[:2], 3, 1), rsk_ff_keyed(images[2:], idx[2:], 3, 1)])
     assert torch.equal(whole, parts)
     assert not torch.equal(whole, rsk_ff_keyed(images, idx, seed=3, epoch=2))
+
+
+def test_recipe_offline_steps_match_the_candidate_path():
+    from eclipse_loader.select.offline import apply_offline, apply_recipe_offline
+
+    from .test_select_data import stripes
+
+    data = stripes(12, seed=0, size=32)
+    data.images[:, 5, 5] = (255, 0, 255)  # an outlier for the repair to find
+    fake = lambda images, t_star: (images // 2 + t_star // 100).astype(np.uint8)  # noqa: E731
+    for cand in (Candidate(repair=True, jpeg=10), Candidate(grayscale=True, jpeg=30, t_star=200),
+                 Candidate(repair=True, t_star=400)):
+        expected = apply_offline(cand, data, fake)
+        np.testing.assert_array_equal(apply_recipe_offline(cand.to_recipe(), data, fake).images, expected.images)
+    with pytest.raises(ValueError, match="purify_fn"):
+        apply_recipe_offline(DEFAULT_RECIPE, data)

@@ -15,7 +15,7 @@ import numpy as np
 from ..data.images import LabelledImages
 from ..evaluation.baselines import grayscale, jpeg
 from ..purify.outliers import repair_isolated_pixels
-from ..recipes import DEFAULT_RECIPE
+from ..recipes import DEFAULT_RECIPE, Recipe
 from .candidates import Candidate
 
 PurifyFn = Callable[[np.ndarray, int], np.ndarray]
@@ -85,4 +85,30 @@ def apply_offline(candidate: Candidate, data: LabelledImages, purify_fn: Optiona
         if images.shape != data.images.shape or images.dtype != np.uint8:
             raise ValueError(f"purify_fn returned {images.dtype} {images.shape}, expected uint8 {data.images.shape}")
         data = LabelledImages(images, data.labels, data.num_classes)
+    return data
+
+
+def recipe_before_purification(recipe: Recipe, data: LabelledImages) -> LabelledImages:
+    """The offline steps a recipe runs before the diffusion: outlier repair (its threshold), grayscale, JPEG.
+
+    A consumer that purifies with its own pipeline (``purify_dataset``) runs this first, then purifies
+    with repair off, which reproduces the order the selection measured.
+    """
+    if recipe.repair_threshold is not None:
+        data = LabelledImages(repair_isolated_pixels(data.images, recipe.repair_threshold)[0], data.labels,
+                              data.num_classes)
+    if recipe.grayscale:
+        data = grayscale(data)
+    if recipe.jpeg_quality is not None:
+        data = jpeg(data, quality=recipe.jpeg_quality)
+    return data
+
+
+def apply_recipe_offline(recipe: Recipe, data: LabelledImages, purify_fn: Optional[PurifyFn] = None) -> LabelledImages:
+    """Every offline step of ``recipe`` on ``data`` in memory (purification through ``purify_fn`` at its t*)."""
+    data = recipe_before_purification(recipe, data)
+    if recipe.purification:
+        if purify_fn is None:
+            raise ValueError("the recipe purifies: pass a purify_fn (e.g. DenoiserPurify(denoiser_dir))")
+        data = LabelledImages(np.asarray(purify_fn(data.images, recipe.t_star)), data.labels, data.num_classes)
     return data
