@@ -174,3 +174,24 @@ def test_recipe_offline_steps_match_the_candidate_path():
         np.testing.assert_array_equal(apply_recipe_offline(cand.to_recipe(), data, fake).images, expected.images)
     with pytest.raises(ValueError, match="purify_fn"):
         apply_recipe_offline(DEFAULT_RECIPE, data)
+
+
+def test_denoiser_purify_never_repairs_and_refuses_t_star_beyond_training(tmp_path):
+    from eclipse_loader.denoiser.io import save_denoiser
+    from eclipse_loader.denoiser.presets import build_scheduler, build_unet
+    from eclipse_loader.purify.purifier import Purifier, PurifyConfig
+    from eclipse_loader.select.offline import DenoiserPurify, unservable_reason
+
+    torch.manual_seed(0)
+    unet, scheduler = build_unet("tiny"), build_scheduler()
+    save_denoiser(unet, scheduler, tmp_path / "dn", {"t_max": 9})
+    purify = DenoiserPurify(tmp_path / "dn", steps=1, seed=3)
+    images = np.full((2, 32, 32, 3), 120, dtype=np.uint8)
+    images[:, 7, 7] = 255  # an isolated outlier: a repairing purifier would remove it first
+    expected = Purifier(unet, scheduler, PurifyConfig(t_star=5, steps=1, seed=3, repair_threshold=None),
+                        device="cpu").purify(images, range(2))
+    np.testing.assert_array_equal(purify(images, 5), expected)
+    assert purify.t_max == 9 and unservable_reason(Candidate(t_star=10), purify) is None
+    assert "t <= 9" in unservable_reason(Candidate(t_star=11), purify)
+    with pytest.raises(ValueError, match="t <= 9"):
+        purify(images, 11)

@@ -46,8 +46,9 @@ class DenoiserPurify:
         if self.t_max is not None and t_star - 1 > self.t_max:
             raise ValueError(f"the denoiser was trained on t <= {self.t_max}; it cannot purify at t*={t_star}")
         steps = None if self.steps is None else min(self.steps, t_star)
-        purifier = Purifier(self.unet, self.scheduler, PurifyConfig(t_star=t_star, steps=steps, seed=self.seed),
-                            device=self.device)
+        # repair is its own candidate component: never inside the purifier (PurifyConfig's default repairs)
+        config = PurifyConfig(t_star=t_star, steps=steps, seed=self.seed, repair_threshold=None)
+        purifier = Purifier(self.unet, self.scheduler, config, device=self.device)
         out = np.empty_like(images)
         for start in range(0, len(images), self.batch_size):
             stop = min(start + self.batch_size, len(images))
