@@ -22,7 +22,8 @@ from ..data.images import LabelledImages, as_labelled_images
 from ..data.sources import load_source
 from ..loading.config import AugmentConfig
 from ..recipes import get_recipe
-from .lightning_loaders import Backend, build_loader, check_channels, ffcv_available, resolve_backend
+from .lightning_loaders import (Backend, build_loader, check_channels, ffcv_available, resolve_backend,
+                                wait_for_file)
 
 if TYPE_CHECKING:  # the purifier imports diffusers: only when purifying
     from ..purify.purifier import PurifyConfig
@@ -256,7 +257,7 @@ class EclipseDataModule(pl.LightningDataModule):
                 failed.parent.mkdir(parents=True, exist_ok=True)
                 failed.write_text(f"{type(error).__name__}: {error}")
                 raise
-        return _wait_for(path, failed)
+        return wait_for_file(path, failed)
 
     def _local_rank(self) -> int:
         trainer = getattr(self, "trainer", None)
@@ -297,14 +298,3 @@ class EclipseDataModule(pl.LightningDataModule):
         classes = read_manifest(data).get("num_classes")
         return int(classes) if classes else int(load_source(str(data)).num_classes)
 
-
-def _wait_for(path: Path, failed: Path, poll_s: float = 5.0) -> Path:
-    """Wait (without a collective, so without a timeout) for another process to write ``path``."""
-    import time
-
-    started = time.time()
-    while not path.exists():
-        if failed.exists() and failed.stat().st_mtime >= started:
-            raise RuntimeError(f"purification on local rank zero failed: {failed.read_text()}")
-        time.sleep(poll_s)
-    return path

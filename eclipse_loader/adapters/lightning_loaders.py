@@ -1,4 +1,5 @@
-"""The loaders behind `EclipseDataModule`: which backend, and one loader per split.
+"""The loaders behind `EclipseDataModule`: which backend, one loader per split, and the wait of the
+ranks that do not purify.
 
 FFCV when it imports (sharded with ``distributed=True`` when the world size is above 1), otherwise
 the pure-torch `TorchEpochLoader` with the same semantics (a warning says so once). Training loaders
@@ -7,6 +8,7 @@ keep the stored order and every sample.
 """
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
@@ -93,3 +95,14 @@ def build_loader(
         data, batch_size, augment=augment if train else None, normalize=augment, shuffle=train, drop_last=train,
         seed=seed, rank=rank, world_size=world_size, num_workers=min(num_workers or 0, 2),
     )
+
+
+def wait_for_file(path: Path, failed: Path, poll_s: float = 5.0) -> Path:
+    """Wait (without a collective, so without a timeout) for another process to write ``path``; raise
+    RuntimeError with its message if that process writes ``failed`` instead."""
+    started = time.time()
+    while not path.exists():
+        if failed.exists() and failed.stat().st_mtime >= started:
+            raise RuntimeError(f"purification on local rank zero failed: {failed.read_text()}")
+        time.sleep(poll_s)
+    return path
