@@ -377,12 +377,13 @@ def summarise(harness: Harness, attacks: list[str], adaptive: list[str], defense
     return result
 
 
-def write_outputs(result: dict[str, Any], out_dir: Path, suffix: str = "") -> Path:
-    """Write ``result`` as defense-<protocol>-<date><suffix>.{json,md,png} (a victim seed adds its own suffix)."""
+def write_outputs(result: dict[str, Any], out_dir: Path, suffix: str = "", stem: Optional[str] = None) -> Path:
+    """Write ``result`` as defense-<protocol>-<date><suffix>.{json,md,png} (a victim seed adds its own suffix),
+    or as ``stem``.{json,md,png} when given."""
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix += "" if result.get("victim_seed", result["settings"]["seed"]) == result["settings"]["seed"] \
         else f"-victim-seed{result['victim_seed']}"
-    stem = out_dir / f"defense-{result['protocol']}-{result['date']}{suffix}"
+    stem = out_dir / (stem or f"defense-{result['protocol']}-{result['date']}{suffix}")
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown_table(result))
     try:

@@ -221,7 +221,7 @@ def report(h: GpuHarness, attacks: list[str], defenses: list[str], args: argpars
     if args.label:
         result["label"] = args.label
     result["protocol_notes"] = __doc__.split("Protocol (", 1)[1].split("Stages run", 1)[0].strip()
-    path = write_outputs(result, args.out, suffix=args.suffix)
+    path = write_outputs(result, args.out, suffix=args.suffix, stem=args.stem or None)
     if args.copy_to is not None:
         args.copy_to.mkdir(parents=True, exist_ok=True)
         for name in (h.cells_path, h.timings_path):
@@ -257,6 +257,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--suffix", default="", help="appended to the output file stem (e.g. -dryrun-cpu)")
+    ap.add_argument("--stem", default="", help="output file stem instead of defense-<protocol>-<date><suffix>")
     ap.add_argument("--label", default="", help="a note stored in the JSON (e.g. 'CPU dry run, numbers meaningless')")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)

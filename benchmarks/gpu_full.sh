@@ -35,10 +35,14 @@ mkdir -p /tmp/eclipse-site
 "$PY" -m zipfile -e .gpu/site.zip /tmp/eclipse-site || { echo "missing .gpu/site.zip (see the header)"; exit 2; }
 export PYTHONPATH="$PWD:/tmp/eclipse-site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 [ -f .gpu/cifar10.npz ] || "$PY" benchmarks/gpu_data.py unpack --parts .gpu --out .gpu/cifar10.npz || exit 2
-"$PY" -c "import torch, diffusers, lightning, eclipse_loader; print('torch', torch.__version__, 'diffusers', diffusers.__version__, torch.cuda.get_device_name(0))" || exit 2
+PROTOCOL="${GPU_FULL_PROTOCOL:-gpu-full}"  # gpu-full-dry: the CPU rehearsal of this very script
+"$PY" -c "
+import sys, torch, diffusers, lightning, eclipse_loader
+print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))
+sys.exit(0 if torch.cuda.is_available() or '$PROTOCOL' != 'gpu-full' else 'gpu-full needs a CUDA device')" || exit 2
 
-"$PY" benchmarks/gpu_full.py --protocol gpu-full --data .gpu/cifar10.npz --workdir .gpu/work --out "$OUT" \
-  --copy-to "$OUT" --budget-minutes "${GPU_FULL_BUDGET_MINUTES:-8}" "${@:2}" 2>&1 | tee "$OUT/gpu_full.log"
+"$PY" benchmarks/gpu_full.py --protocol "$PROTOCOL" --data .gpu/cifar10.npz --workdir ".gpu/work-$PROTOCOL" \
+  --out "$OUT" --copy-to "$OUT" --budget-minutes "${GPU_FULL_BUDGET_MINUTES:-8}" "${@:2}" 2>&1 | tee "$OUT/gpu_full.log"
 status=${PIPESTATUS[0]}
 echo "[gpu_full.sh] $(date -u +%FT%TZ) gpu_full.py exited $status; files in $OUT:"; ls -la "$OUT"
 exit "$status"
