@@ -176,3 +176,31 @@ def test_tune_command(clean_train, trusted, tmp_path, capsys):
     assert main(["tune", train_npz, train_npz, "none", str(tmp_path / "bad"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "also appear in the training data" in err[0]
+
+
+def test_tune_command_with_a_denoiser_keeps_its_images_out_of_validation(clean_train, trusted, tmp_path, capsys):
+    import torch
+
+    from eclipse_loader.denoiser.io import save_denoiser
+    from eclipse_loader.denoiser.presets import build_scheduler, build_unet
+    from eclipse_loader.select.denoiser_images import denoiser_training_images
+
+    train_npz = _npz(tmp_path / "train.npz", clean_train)
+    trusted_npz = _npz(tmp_path / "trusted.npz", trusted)
+    torch.manual_seed(0)
+    seen = list(range(0, 200, 5))  # 40 trusted images the denoiser "trained on", 10 per class
+    save_denoiser(build_unet("tiny"), build_scheduler(), tmp_path / "dn",
+                  {"t_max": 9, "source": f"npz:{trusted_npz}", "sparse_indices": seen})
+    images, how = denoiser_training_images(tmp_path / "dn")
+    np.testing.assert_array_equal(images, trusted.images[seen])
+    out = tmp_path / "tuned"
+    assert main(["tune", train_npz, trusted_npz, str(tmp_path / "dn"), str(out), "--t-stars", "5", "--purify-steps",
+                 "1", "--proxy-images", "100", "--proxy-epochs", "1", "--proxy-width", "4", "--proxy-batch-size",
+                 "50", "--no-progress", "--threads", "1"]) == 0
+    assert "validation excludes 40 denoiser training images" in capsys.readouterr().out
+    report = json.loads((out / "selection.json").read_text())
+    assert report["sizes"]["validation"] == 160 and report["sizes"]["denoiser_images"] == 40  # 40 unseen per class
+    status = {c["name"]: c["status"] for c in report["candidates"]}
+    assert status["purify5"] == status["repair+purify5"] == "done"
+    assert status["purify100+comp-paper"] == "skipped"  # t*=100 needs t <= 99; the denoiser has t <= 9
+    assert load_recipe(out / "recipe.json").purify_steps in (None, 1)
