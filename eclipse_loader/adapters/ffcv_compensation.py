@@ -22,8 +22,6 @@ from ..compensation import numba_kernels as kernels
 from ..compensation.params import check_compensation_args
 from ..recipes import DEFAULT_RECIPE
 
-_NO_COUNTER = "CompensateFFCV: a sample index has no pass counter (op used outside an FFCV Loader?); call set_epoch()"
-
 
 class CompensateFFCV(Operation):
     """Random grayscale (``p_gray``) + Gaussian noise (``sigma``, [0,1] units), seeded per sample and epoch.
@@ -93,18 +91,13 @@ class CompensateFFCV(Operation):
         state_address, _ = kernels.array_at(self._state)
         visits_address, num_visits = kernels.array_at(self._visits)
         levels_address, levels_length = kernels.array_at(self._levels)
-        epochs_of_batch, compensate_batch = kernels.epochs_of_batch, kernels.compensate_batch
+        kernel = kernels.compensate_batch
 
         def compensate(images, dst, indices):
-            # np.int64(...): plain int64 arguments, not literals, so the cached kernels match in every process
-            epochs = np.empty(images.shape[0], np.int64)
-            missing = epochs_of_batch(indices, epochs, np.int64(state_address), np.int64(visits_address),
-                                      np.int64(num_visits))
-            if missing >= 0:
-                raise ValueError(_NO_COUNTER)
-            compensate_batch(images, dst, indices, epochs, np.int64(seed), p_gray, np.int64(levels_address),
-                             np.int64(levels_length), salts)
-            return dst[: images.shape[0]]
+            # np.int64(...): plain int64 arguments, not literals, so the cached kernel fits every process
+            return kernel(images, dst, indices, np.int64(seed), p_gray, np.int64(state_address),
+                          np.int64(visits_address), np.int64(num_visits), np.int64(levels_address),
+                          np.int64(levels_length), salts)
 
         compensate.with_indices = True
         return compensate

@@ -36,6 +36,7 @@ from ..loading.config import AugmentConfig, usable_cores
 from ..loading.torch_loader import EpochSampler
 from ..storage.beton import check_beton
 from .ffcv_compensation import CompensateFFCV
+from .ffcv_jit_cache import caching_ffcv_compiler
 
 PathLike = Union[str, os.PathLike]
 #: how often (seconds) a consumer waiting for a batch checks that FFCV's worker thread is alive
@@ -206,10 +207,11 @@ def make_ffcv_loader(
     path = check_beton(path)  # one clear error naming a truncated or damaged file, not FFCV's raw one
     device = torch.device(device)
     ops, compensation = image_pipeline(augment, device, seed, normalize or augment or AugmentConfig())
-    loader = Loader(
-        str(path), batch_size=batch_size, num_workers=clamp_workers(num_workers, local_world_size),
-        order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL, drop_last=drop_last, seed=seed,
-        distributed=distributed, indices=None if indices is None else np.asarray(indices), os_cache=os_cache,
-        batches_ahead=batches_ahead, pipelines={"image": ops, "label": label_pipeline(device)},
-    )
+    with caching_ffcv_compiler():  # FFCV's own pipeline functions: compiled once per machine, not per process
+        loader = Loader(
+            str(path), batch_size=batch_size, num_workers=clamp_workers(num_workers, local_world_size),
+            order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL, drop_last=drop_last, seed=seed,
+            distributed=distributed, indices=None if indices is None else np.asarray(indices), os_cache=os_cache,
+            batches_ahead=batches_ahead, pipelines={"image": ops, "label": label_pipeline(device)},
+        )
     return FFCVEpochLoader(loader, compensation, shuffle)

@@ -98,33 +98,45 @@ def _add_clamped(values, noise, out):
 
 
 @numba.njit(nogil=True, cache=True)
-def epochs_of_batch(indices, epochs, state_address, visits_address, num_visits):
-    """Fill ``epochs[i]`` with the epoch whose draws sample ``indices[i]`` uses, and count the pass.
+def epochs_of_batch(indices, state_address, visits_address, num_visits):
+    """The epoch whose draws each sample of ``indices`` uses, counting the pass.
 
     The state holds one int64: an epoch set with ``set_epoch`` (>= 0), or `EPOCH_AUTO`. Every call
     increments the visit counter of each index (so the counters stay meaningful if the mode changes);
-    in auto mode the epoch is the counter before the increment. Returns -1, or the first index that has
-    no counter (the caller raises).
+    in auto mode the epoch is the counter before the increment.
     """
     fixed = _int64_at(state_address, 1)[0]
     visits = _int64_at(visits_address, num_visits)
+    epochs = np.empty(indices.shape[0], np.int64)
     for i in range(indices.shape[0]):
         index = np.int64(indices[i])
-        if index < 0 or index >= num_visits:
-            if fixed == EPOCH_AUTO:
-                return index
+        if 0 <= index < num_visits:
+            epochs[i] = visits[index] if fixed == EPOCH_AUTO else fixed
+            visits[index] += 1
+        elif fixed == EPOCH_AUTO:
+            raise ValueError("CompensateFFCV: a sample index has no pass counter (the op is used outside "
+                             "an FFCV Loader?); call set_epoch() first")
+        else:
             epochs[i] = fixed
-            continue
-        epochs[i] = visits[index] if fixed == EPOCH_AUTO else fixed
-        visits[index] += 1
-    return -1
+    return epochs
 
 
 @numba.njit(nogil=True, cache=True, parallel=True)
-def compensate_batch(images, dst, indices, epochs, seed, p_gray, levels_address, levels_length, salts):
-    """`compensate_image` for every image of an FFCV batch (parallel over images; numba's thread count
-    of the calling thread, which FFCV sets to the loader's ``num_workers``)."""
-    levels = _int16_at(levels_address, levels_length)
+def _compensate_images(images, dst, indices, epochs, seed, p_gray, levels, salts):
     for i in numba.prange(images.shape[0]):
         key = rng.sample_key(seed, epochs[i], np.int64(indices[i]))
         compensate_image(images[i], dst[i], key, p_gray, levels, salts)
+
+
+@numba.njit(nogil=True, cache=True)
+def compensate_batch(images, dst, indices, seed, p_gray, state_address, visits_address, num_visits,
+                     levels_address, levels_length, salts):
+    """The whole work of `CompensateFFCV` on one FFCV batch; returns ``dst[:len(images)]``.
+
+    Parallel over images with numba's thread count of the calling thread (FFCV sets it to the loader's
+    ``num_workers``). Addresses are those of the op's state, pass counters and noise table (`array_at`).
+    """
+    epochs = epochs_of_batch(indices, state_address, visits_address, num_visits)
+    levels = _int16_at(levels_address, levels_length)
+    _compensate_images(images, dst, indices, epochs, seed, p_gray, levels, salts)
+    return dst[:images.shape[0]]
