@@ -48,7 +48,8 @@ def test_the_ffcv_script_takes_its_compensation_defaults_from_the_recipe():
     pytest.importorskip("ffcv")
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("train_cifar_ffcv", ROOT / "integrations" / "ffcv" / "train_cifar_ffcv.py")
+    path = ROOT / "integrations" / "ffcv" / "train_cifar_ffcv.py"
+    spec = importlib.util.spec_from_file_location("train_cifar_ffcv", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     base = ["--train-dataset", "a.beton", "--val-dataset", "b.beton"]

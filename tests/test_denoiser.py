@@ -51,6 +51,7 @@ def test_train_save_and_load_without_unpickling(tmp_path, monkeypatch):
                          accelerator="cpu", progress=False)
     assert weights_path(out).is_file() and (out / "unet" / "config.json").is_file()
     assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt")) and not list(out.rglob("*.ckpt"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["den"]  # no work dir unless asked for (checkpoints)
 
     def refuse(*args, **kwargs):
         raise AssertionError("loading a denoiser must never unpickle")

@@ -17,7 +17,7 @@ import torch
 
 from eclipse_loader.data.embedded import load_embedded
 from eclipse_loader.denoiser.io import load_denoiser
-from eclipse_loader.denoiser.resume import TrainingWorkDirError
+from eclipse_loader.denoiser.resume import TrainingWorkDirError, default_work_dir
 from eclipse_loader.denoiser.training import train_denoiser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def _data(n: int = 16):
 
 def _train(out: Path, max_steps: int, callbacks=(), **kwargs):
     options = dict(max_steps=max_steps, batch_size=8, t_max=99, seed=1, accelerator="cpu", progress=False,
-                   checkpoint_every=2, log_every=1, callbacks=list(callbacks))
+                   checkpoint_every=2, log_every=1, callbacks=list(callbacks), work_dir=default_work_dir(out))
     return train_denoiser(_data(), "tiny", out, **{**options, **kwargs})
 
 

@@ -53,18 +53,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     hardware = parser.add_argument_group("hardware (Lightning Trainer flags; --strategy ddp for several devices)")
     hardware.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
     hardware.add_argument("--devices", default="1", help="devices per node: a count, 'auto', or a list such as 0,1")
-    hardware.add_argument("--strategy", default="auto", help="Lightning strategy: auto, ddp, ddp_find_unused_parameters_true, ...")
-    hardware.add_argument("--num-nodes", type=int, default=1, help="machines (multi-node DDP; --work-dir on shared storage)")
+    hardware.add_argument("--strategy", default="auto", help="Lightning strategy: auto, ddp, ...")
+    hardware.add_argument("--num-nodes", type=int, default=1,
+                          help="machines (multi-node DDP; --work-dir on shared storage)")
     progress = parser.add_argument_group("checkpoints and logging")
     progress.add_argument("--work-dir", default=None,
                           help="checkpoints, job.json and the CSV loss log (logs/version_N/metrics.csv); "
                                "default: OUTPUT.train beside OUTPUT")
-    progress.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: only at the end)")
+    progress.add_argument("--checkpoint-every", type=int, default=1000,
+                          help="steps between checkpoints (0: only at the end)")
     progress.add_argument("--no-resume", action="store_true",
                           help="start afresh even if --work-dir holds a checkpoint of this job")
     progress.add_argument("--log-every", type=int, default=25,
                           help="steps between rows of the CSV loss log (and printed loss lines with --no-progress)")
-    progress.add_argument("--no-progress", action="store_true", help="hide the progress bar (the loss is printed instead)")
+    progress.add_argument("--no-progress", action="store_true",
+                          help="hide the progress bar (the loss is printed instead)")
     parser.set_defaults(func=run)
 
 
@@ -82,6 +85,7 @@ def _devices(value: str) -> "int | str":
 def run(args: argparse.Namespace) -> int:
     from ..data.sources import load_source
     from ..data.sparse import check_overlap, duplicate_enlarge, select_sparse_indices
+    from ..denoiser.resume import default_work_dir
     from ..denoiser.training import train_denoiser
 
     pool = load_source(args.source)
@@ -96,17 +100,15 @@ def run(args: argparse.Namespace) -> int:
     train_set = duplicate_enlarge(sparse, args.enlarge) if args.enlarge else sparse
     print(f"sparse set: {len(sparse)} images from {args.source}"
           f"{f' (x{args.enlarge + 1} after enlargement)' if args.enlarge else ''}")
+    work = args.work_dir or default_work_dir(args.output)
     out = train_denoiser(
         train_set, args.preset, args.output, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
         ema_decay=args.ema_decay, t_max=_t_max(args), seed=args.seed, accelerator=args.accelerator,
-        devices=_devices(args.devices), strategy=args.strategy, num_nodes=args.num_nodes, progress=not args.no_progress,
-        work_dir=args.work_dir, checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
-        log_every=args.log_every,
+        devices=_devices(args.devices), strategy=args.strategy, num_nodes=args.num_nodes,
+        progress=not args.no_progress, work_dir=work, checkpoint_every=args.checkpoint_every,
+        resume=not args.no_resume, log_every=args.log_every,
         metadata={"source": args.source, "sparse_indices": indices, "sparse_seed": args.sparse_seed,
                   "eval_source": args.eval_source, "enlarge_m": args.enlarge},
     )
-    from ..denoiser.resume import default_work_dir
-
-    work = args.work_dir or default_work_dir(args.output)
     print(f"denoiser written to {out} (checkpoints and the CSV loss log: {work})")
     return 0

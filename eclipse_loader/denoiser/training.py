@@ -1,17 +1,17 @@
 """Train the sparse-set denoiser with Lightning: eps-MSE, EMA weights, optional t <= t_max.
 
-Checkpoints (every ``checkpoint_every`` steps and at the end) go to a work directory beside the
-output (`eclipse_loader.denoiser.resume`); rerunning the same job resumes from the last one, with
-the step counter, optimiser, EMA weights and noise stream restored. The loss is logged to CSV
+With a ``work_dir`` (the ``train-denoiser`` command's default: ``OUTPUT.train`` beside the output,
+`eclipse_loader.denoiser.resume`), checkpoints are written every ``checkpoint_every`` steps and at
+the end, and rerunning the same job resumes from the last one (step counter, optimiser, EMA weights,
+loss history; the noise stream is reseeded from the step). The loss is logged there as CSV
 (``WORK/logs/version_N/metrics.csv``, one version per start). Lightning's ``accelerator``,
 ``devices``, ``strategy`` and ``num_nodes`` choose the hardware (DDP on ``strategy="ddp"``).
 
-This is the only module of the denoiser package that imports Lightning.
+Only this module and `training_callbacks` of the denoiser package import Lightning.
 """
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 import time
 from pathlib import Path
@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..data.images import LabelledImages
 from ..purify.purifier import to_model_range  # the same [-1, 1] scaling the purifier feeds the U-Net
 from .io import save_denoiser
-from .resume import CHECKPOINT_DIR, LAST_CHECKPOINT, default_work_dir, open_training_work_dir
+from .resume import CHECKPOINT_DIR, LAST_CHECKPOINT, open_training_work_dir
+from .training_callbacks import StepTimer, checkpoints_and_logs
 from .presets import NUM_TRAIN_TIMESTEPS, build_scheduler, build_unet, get_preset
 
 PathLike = Union[str, os.PathLike]
@@ -141,27 +142,6 @@ def noise_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([int(seed) + 1, int(rank), int(step)]).generate_state(1)[0])
 
 
-class _StepTimer(L.Callback):
-    """Adds this start's training time to the module's total; prints the loss when there is no bar."""
-
-    def __init__(self, print_every: int) -> None:
-        self.print_every, self._start = print_every, 0.0
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: DenoiserModule) -> None:
-        self._start = time.perf_counter()
-        self._base = pl_module.train_seconds
-        if trainer.global_step and trainer.is_global_zero:
-            print(f"resuming from step {trainer.global_step}", flush=True)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: DenoiserModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        pl_module.train_seconds = self._base + time.perf_counter() - self._start
-        step = trainer.global_step
-        if self.print_every and trainer.is_global_zero and (step % self.print_every == 0 or step == trainer.max_steps):
-            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            print(f"step {step}/{trainer.max_steps}: loss {float(loss):.5f}", flush=True)
-
-
 def check_t_max(t_max: Optional[int]) -> None:
     """Raise ValueError unless ``t_max`` is None or an int in ``[0, T)``."""
     if t_max is not None and (int(t_max) != t_max or not 0 <= t_max < NUM_TRAIN_TIMESTEPS):
@@ -209,9 +189,10 @@ def train_denoiser(
         num_nodes: machines (multi-node DDP; the work directory must be on a shared file system).
         progress: show Lightning's progress bar (without it, the loss is printed every ``log_every`` steps).
         metadata: extra JSON facts stored in ``denoiser.json`` (e.g. sparse-set indices).
-        work_dir: checkpoints, ``job.json`` and the CSV loss log (default ``OUT_DIR.train`` beside
-            ``out_dir``). A rerun of the same job there resumes from its last checkpoint.
-        checkpoint_every: steps between checkpoints (0: only at the end).
+        work_dir: checkpoints, ``job.json`` and the CSV loss log (e.g. `default_work_dir` of
+            ``out_dir``); a rerun of the same job there resumes from its last checkpoint. None: no
+            checkpoints and no log files.
+        checkpoint_every: steps between checkpoints (0: only at the end; needs ``work_dir``).
         resume: False: start afresh even if ``work_dir`` holds a checkpoint of this job.
         log_every: steps between loss rows in the CSV log (and printed lines without ``progress``).
         callbacks: extra Lightning callbacks.
@@ -236,10 +217,11 @@ def train_denoiser(
     unet_kwargs = {k: v for k, v in dict(unet_kwargs).items() if not k.startswith("_")}
     module = DenoiserModule(unet_kwargs, lr=lr, ema_decay=ema_decay, t_max=t_max, seed=seed)
     batch_size = min(int(batch_size), len(data))
-    work = Path(work_dir) if work_dir is not None else default_work_dir(out_dir)
-    job = {"data_sha256": data.fingerprint(), "preset": preset, "image_size": image_size, "batch_size": batch_size,
-           "lr": lr, "ema_decay": ema_decay, "t_max": t_max, "seed": seed}
-    checkpoint = open_training_work_dir(work, job, resume=resume)
+    checkpoint, work = None, None if work_dir is None else Path(work_dir)
+    if work is not None:
+        job = {"data_sha256": data.fingerprint(), "preset": preset, "image_size": image_size,
+               "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay, "t_max": t_max, "seed": seed}
+        checkpoint = open_training_work_dir(work, job, resume=resume)
     loader = DataLoader(
         TensorDataset(to_model_range(data.images)),
         batch_size=batch_size,
@@ -247,30 +229,24 @@ def train_denoiser(
         drop_last=True,
         generator=torch.Generator().manual_seed(int(seed) + 2),
     )
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    saver = ModelCheckpoint(dirpath=work / CHECKPOINT_DIR, filename="step{step}", auto_insert_metric_name=False,
-                            every_n_train_steps=int(checkpoint_every) or None, save_top_k=0, save_last=True)
-    loggers: list[Any] = [CSVLogger(work, name="logs", flush_logs_every_n_steps=int(log_every))]
-    if importlib.util.find_spec("tensorboard") is not None:  # optional
-        loggers.append(TensorBoardLogger(work, name="tensorboard"))
+    savers, loggers = checkpoints_and_logs(work, int(checkpoint_every), int(log_every))
     trainer = L.Trainer(
         max_steps=int(max_steps),
         accelerator=accelerator,
         devices=devices,
         strategy=strategy,
         num_nodes=num_nodes,
-        logger=loggers,
-        callbacks=[saver, _StepTimer(0 if progress else int(log_every)), *callbacks],
+        logger=loggers or False,
+        enable_checkpointing=bool(savers),
+        callbacks=[*savers, StepTimer(0 if progress else int(log_every)), *callbacks],
         enable_progress_bar=progress,
         enable_model_summary=False,
         gradient_clip_val=1.0,
         log_every_n_steps=int(log_every),
     )
     trainer.fit(module, loader, ckpt_path=checkpoint, weights_only=True)
-    # the end state, so a rerun of a finished job has nothing to redo
-    trainer.save_checkpoint(work / CHECKPOINT_DIR / LAST_CHECKPOINT, weights_only=False)
+    if work is not None:  # the end state, so a rerun of a finished job has nothing to redo
+        trainer.save_checkpoint(work / CHECKPOINT_DIR / LAST_CHECKPOINT, weights_only=False)
     if not trainer.is_global_zero:
         trainer.strategy.barrier()  # return once rank zero has written the denoiser
         return Path(out_dir)
@@ -285,7 +261,7 @@ def train_denoiser(
         "num_train_images": len(data),
         "train_seconds": round(module.train_seconds, 3),
         "trained_steps": int(trainer.global_step),
-        "work_dir": str(work),
+        "work_dir": None if work is None else str(work),
         "devices": int(trainer.world_size),
         "loss_history": module.loss_history,
         "objective": "eps-MSE, fixed variance (fixed_small); paper: learned-range L_hybrid",
