@@ -50,8 +50,8 @@ class EclipseDataModule(pl.LightningDataModule):
         recipe: ``"default"`` or ``"paper"`` (`eclipse_loader.recipes`): the defaults of ``p_gray``,
             ``sigma``, ``t_star``, ``purify_steps`` and ``repair_threshold`` when those are None.
         compensate: apply the corruption compensation to training batches.
-        p_gray: grayscale probability of the compensation (default recipe 0.2; paper 0.4).
-        sigma: Gaussian noise std in [0, 1] units (default recipe 0.03; paper 0.05).
+        p_gray: grayscale probability of the compensation (None: the recipe's).
+        sigma: Gaussian noise std in [0, 1] units (None: the recipe's).
         flip: random horizontal flips in training.
         translate_padding: random translation of up to this many pixels in training (paper: crop with padding 4).
         mean: per-channel (R, G, B) mean in [0, 1] units to normalise with (None: images in [0, 1]).
@@ -60,7 +60,7 @@ class EclipseDataModule(pl.LightningDataModule):
         cache_dir: where betons derived from non-beton sources (and purified data) are written.
         purify: purify ``train`` with the denoiser in ``denoiser`` during ``prepare_data`` (cached).
         denoiser: directory of a denoiser saved by ``eclipse-loader train-denoiser``.
-        t_star: purification noise level as a diffusion timestep (None: the recipe's, 400 or 100).
+        t_star: purification noise level as a diffusion timestep (None: the recipe's).
         purify_steps: reverse steps of the purification (None: the recipe's; 0: the full chain).
         repair_threshold: repair isolated outlier pixels before purifying (None: the recipe's; -1: off).
         purify_sampler: ``"ddpm"`` (stochastic, the paper's) or ``"ddim"`` (deterministic).
