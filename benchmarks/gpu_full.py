@@ -8,16 +8,19 @@ Protocol (`protocols.GPU_PROTOCOLS`): all 50,000 training images poisoned; the 2
 set (the denoiser's training set) drawn class-balanced from the TEST split, and every score taken on the
 other 8,000 test images (the paper's arrangement); victim: the airbench94-style network
 (`eclipse_loader.evaluation.airbench`, 10 epochs, batch 1024, TTA), every defence keeping airbench's own
-flip + 2-px translate and adding its compensation; attacks crafted on the device (EM and TAP against an
-airbench network, bf16 autocast); denoiser: the ``small`` preset, 4,000 steps at batch 256 on t <= 399,
-which serves both eclipse-paper (t* = 100) and eclipse (t* = 400), both purifying with 2 network calls
-(the paper's full 100-step chain does not fit the budget) in bf16; DataElixir against BadNets and Blended
-(10% dirty label, target 0) with a second small denoiser trained on t <= 750 (noise std 0.3, as at CPU
-scale), airbench as the suspicious, benign and final model.
+flip + 2-px translate and adding its compensation; attacks crafted on the device, bf16 autocast (EM
+against ResNet-18, its published setting, 10 PGD steps x up to 10 rounds; TAP 100 steps against an airbench
+network trained on the clean set); the model-free poisons, JPEG and outlier repair in CPU worker processes
+beside the GPU; denoiser: the ``small`` preset, 4,000 steps at batch 256 on t <= 399, which serves both
+eclipse-paper (t* = 100) and eclipse (t* = 400), both purifying with 2 network calls (the paper's full
+100-step chain does not fit the budget) in bf16, batch 2048; DataElixir against BadNets and Blended (10%
+dirty label, target 0) with a second small denoiser trained on t <= 750 (noise std 0.3, as at CPU scale),
+airbench as the suspicious, benign and final model.
 
-Stages run cheapest-first: the clean row, then every attack x (none, jpeg10, grayscale), then x eclipse,
-x eclipse-paper, x auto (when `eclipse_loader.evaluation.defenses` registers it), DataElixir, and with
-``--resnet18`` ResNet-18 rows (80 epochs). ``--budget-minutes`` stops before the next cell once the budget
+Order: the clean row, every attack undefended, then one defence column at a time in ``--defenses`` order
+(default none, jpeg10, eclipse, grayscale, eclipse-paper, and auto once `eclipse_loader.evaluation.defenses`
+registers it), then DataElixir, then with ``--resnet18`` ResNet-18 rows (the paper's 80 epochs; none and
+eclipse on clean data and AR). ``--budget-minutes`` stops before the next cell once the budget
 is spent. Every finished cell is appended to ``cells.jsonl`` in the work dir and the JSON / markdown / PNG
 are rewritten after it, so a cut-off run keeps every finished cell; a rerun resumes from the cache.
 """
@@ -49,7 +52,7 @@ from eclipse_loader.evaluation.defenses import CROP_FLIP, DEFENSES, Defense
 from eclipse_loader.evaluation.victim import VictimResult, resnet18_cifar, train_victim
 
 EXTRA_ATTACKS = ("rem",) if hasattr(poisons, "robust_error_minimizing") else ()
-CHEAP, PURIFYING = ("none", "jpeg10", "grayscale"), ("eclipse", "eclipse-paper")
+ORDER = ("none", "jpeg10", "eclipse", "grayscale", "eclipse-paper", "auto")
 BACKDOORS = ("badnets", "blended")
 RESNET = "@resnet18"
 
@@ -65,9 +68,11 @@ class GpuHarness(Harness):
         self.prefetch: Optional[Prefetcher] = None
 
     def _victim_factory(self, name: str) -> Callable[[int], torch.nn.Module]:
+        """Crafting networks, all channels-last under bf16 autocast on CUDA."""
         if name == "airbench94":
             return autocast_factory(self.train, self.protocol.airbench.widths)
-        return super()._victim_factory(name)
+        base = super()._victim_factory(name)
+        return lambda num_classes: with_autocast(base(num_classes))
 
     def fit_model(self, data: LabelledImages, augment: Any, seed: int) -> torch.nn.Module:
         return train_airbench(data, augment, config=self.protocol.airbench, seed=seed, device=self.device)
@@ -196,13 +201,14 @@ def run_backdoor(h: GpuHarness, attack: str) -> dict[str, Any]:
 
 
 def plan(attacks: list[str], defenses: list[str], resnet18: bool) -> list[tuple[str, str]]:
-    """The cells in the order they run: cheapest defences over every attack first, then each costly one;
-    within a defence the GPU-crafted attacks first and AR (the slowest to craft on a CPU) last, so the
-    prefetch workers craft the model-free poisons while the GPU is busy."""
-    order = [("none", "none")]
+    """The cells in the order they run: the clean row, every attack undefended, then one defence at a time
+    in ``defenses`` order (so a budget cut drops whole trailing columns); within a defence the GPU-crafted
+    attacks first and AR (the slowest to craft on a CPU) last, so the prefetch workers craft the model-free
+    poisons while the GPU is busy."""
     ordered = sorted(attacks, key=lambda a: (a in MODEL_FREE, a == "ar"))
-    for group in ([d for d in defenses if d in CHEAP], *[[d] for d in defenses if d not in CHEAP]):
-        order += [(a, d) for d in group for a in ["none", *ordered] if (a, d) not in order]
+    order = [("none", "none")]
+    for d in ["none", *[d for d in defenses if d != "none"]]:
+        order += [(a, d) for a in ["none", *ordered] if (a, d) not in order]
     if resnet18:
         order += [(a, d + RESNET) for a in ("none", attacks[0]) for d in ("none", "eclipse")]
     return order
@@ -220,7 +226,7 @@ def report(h: GpuHarness, attacks: list[str], defenses: list[str], args: argpars
     result["budget_minutes"] = args.budget_minutes
     if args.label:
         result["label"] = args.label
-    result["protocol_notes"] = __doc__.split("Protocol (", 1)[1].split("Stages run", 1)[0].strip()
+    result["protocol_notes"] = " ".join(__doc__.split("Protocol (", 1)[1].split("Order:", 1)[0].split())
     path = write_outputs(result, args.out, suffix=args.suffix, stem=args.stem or None)
     if args.copy_to is not None:
         args.copy_to.mkdir(parents=True, exist_ok=True)
@@ -248,7 +254,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--protocol", choices=sorted(GPU_PROTOCOLS), default="gpu-full")
     ap.add_argument("--attacks", default=",".join((*ATTACKS, *EXTRA_ATTACKS)))
-    ap.add_argument("--defenses", default=",".join(d for d in (*CHEAP, *PURIFYING, "auto") if d in DEFENSES))
+    ap.add_argument("--defenses", default=",".join(d for d in ORDER if d in DEFENSES),
+                    help="run in this order, one column at a time (default: the headline comparison first)")
     ap.add_argument("--backdoors", default=",".join(BACKDOORS), help="DataElixir rows ('' for none)")
     ap.add_argument("--resnet18", action="store_true", help="also ResNet-18 rows (paper recipe) after the rest")
     ap.add_argument("--budget-minutes", type=float, default=None, help="start no new cell after this long")

@@ -64,7 +64,8 @@ class GpuProtocol(Protocol):
     """A protocol whose victim is the airbench94-style network (``victim="airbench94"``).
 
     Attributes beyond `Protocol`:
-        airbench: the victim's hyper-parameters (``recipe`` then only serves the optional ResNet-18 rows).
+        airbench: the victim's hyper-parameters; TAP's clean crafting model is an airbench network too, while
+            EM crafts against ``crafting_victim`` (ResNet-18 at full scale: EM's published setting).
         purify_batch, purify_bf16: purification batch size and bf16 autocast (CUDA only).
         elixir: DataElixir settings (noise std, rounds, reverse steps, tau, backdoor ratio, denoiser t_max).
         resnet_recipe: the optional ResNet-18 rows' training recipe (the paper's 80 epochs).
@@ -86,7 +87,7 @@ GPU_PROTOCOLS = {
         denoiser_batch=256, denoiser_lr=1e-3, t_star=100, purify_steps=2, denoiser_t_max=399,
         em=dict(pgd_steps=10, step_size=1.6 / 255, train_steps=10, max_rounds=10, stop_accuracy=0.99,
                 batch_size=512),
-        tap=dict(steps=100, batch_size=1024), crafting_victim="airbench94",
+        tap=dict(steps=100, batch_size=1024), crafting_victim="resnet18",
         airbench=AirbenchConfig(), purify_batch=2048, purify_bf16=True,
         elixir=dict(noise_std=0.3, rounds=2, steps=2, tau=2, ratio=0.1, t_max=750, batch_size=1024)),
     # the same run at CPU scale (minutes; numbers meaningless): rehearses every stage of gpu-full

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -70,3 +71,28 @@ def test_budget_stops_before_the_next_cell_and_still_writes_the_result(tmp_path)
 def test_unknown_defense_is_refused(tmp_path):
     run = _run(tmp_path, "--defenses", "none,xyz")
     assert run.returncode != 0 and "xyz" in run.stderr
+
+
+def test_gpu_data_round_trip_and_damaged_part(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_data", BENCH / "gpu_data.py")
+    gpu_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_data)
+    rng = np.random.default_rng(1)
+    arrays = {"train_x": rng.integers(0, 256, (70, 32, 32, 3), dtype=np.uint8), "train_y": rng.integers(0, 10, 70),
+              "test_x": rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8), "test_y": rng.integers(0, 10, 30)}
+    np.savez(tmp_path / "c.npz", **arrays)
+    manifest = gpu_data.pack(tmp_path / "c.npz", tmp_path / "parts", parts=3)
+    assert [p["count"] for p in manifest["parts"]] == [34, 33, 33]
+    with np.load(gpu_data.unpack(tmp_path / "parts", tmp_path / "back.npz")) as back:
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(back[key], value)
+    good = (tmp_path / "parts" / "images-1.xz").read_bytes()
+    (tmp_path / "parts" / "images-1.xz").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(ValueError, match="images-1.xz is damaged"):
+        gpu_data.unpack(tmp_path / "parts", tmp_path / "back.npz")
+    (tmp_path / "parts" / "images-1.xz").write_bytes(good)
+    (tmp_path / "parts" / "images-2.xz").unlink()
+    with pytest.raises(FileNotFoundError, match="images-2.xz has not arrived"):
+        gpu_data.unpack(tmp_path / "parts", tmp_path / "back.npz")
