@@ -48,7 +48,8 @@ def test_lightning_cli_recipe(tmp_path):
     )
     match = re.search(r"epoch 0: val_acc (\d\.\d+) \((\d+)/(\d+)\)", out)
     assert match, out[-4000:]
-    assert 0.0 <= float(match.group(1)) <= 1.0 and int(match.group(3)) == 32
+    accuracy, correct, seen = float(match.group(1)), int(match.group(2)), int(match.group(3))
+    assert seen == 32 and accuracy == round(correct / seen, 4)  # 2 batches of 16, accuracy = correct / seen
 
     version = tmp_path / "run" / "lightning_logs" / "version_0"
     config = (version / "config.yaml").read_text()  # written by LightningCLI's SaveConfigCallback
@@ -108,3 +109,4 @@ def test_lightning_cli_evaluates_on_the_ffcv_backend(tmp_path, subcommand):
     )
     match = re.search(rf"epoch 0: {stage}_acc (\d\.\d+) \((\d+)/(\d+)\)", out)
     assert match and int(match.group(3)) == 32, out[-4000:]  # 2 batches of 16, all seen
+    assert float(match.group(1)) == round(int(match.group(2)) / 32, 4)
