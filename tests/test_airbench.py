@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from eclipse_loader.data.images import LabelledImages
-from eclipse_loader.evaluation.airbench import (AirbenchConfig, AirbenchNet, _GpuLoader, _triangle, evaluate_tta,
-                                                predict_logits, train_airbench_victim, train_flops_per_image)
+from eclipse_loader.evaluation.airbench import (AirbenchConfig, AirbenchNet, _triangle, evaluate_tta, predict_logits,
+                                                train_airbench_victim, train_flops_per_image)
+from eclipse_loader.evaluation.airbench_loader import GpuResidentLoader
 from eclipse_loader.loading.config import AugmentConfig
 
 
@@ -42,7 +43,7 @@ def test_whitening_decorrelates_the_patches():
 
 def test_alternating_flip_inverts_every_other_epoch():
     data = _unique(64)
-    loader = _GpuLoader(data, AugmentConfig(translate_padding=0, compensate=False), 64, 2, 0, torch.device("cpu"))
+    loader = GpuResidentLoader(data, AugmentConfig(translate_padding=0, compensate=False), 64, 2, 0, torch.device("cpu"))
     views = []
     for epoch in range(3):
         x, y = next(iter(loader.epoch(epoch)))
@@ -56,7 +57,7 @@ def test_alternating_flip_inverts_every_other_epoch():
 
 def test_translation_is_a_reflect_padded_crop_of_at_most_two_pixels():
     data = _unique(16)
-    loader = _GpuLoader(data, AugmentConfig(flip=False, compensate=False), 16, 2, 1, torch.device("cpu"))
+    loader = GpuResidentLoader(data, AugmentConfig(flip=False, compensate=False), 16, 2, 1, torch.device("cpu"))
     x, y = next(iter(loader.epoch(0)))
     padded = torch.nn.functional.pad(torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255, (2,) * 4,
                                      mode="reflect")
@@ -71,16 +72,16 @@ def test_translation_is_a_reflect_padded_crop_of_at_most_two_pixels():
 
 def test_compensation_runs_on_the_batches_and_mean_std_is_refused():
     data = _unique(32)
-    gray = _GpuLoader(data, AugmentConfig(p_gray=1.0, sigma=0.0), 32, 2, 0, torch.device("cpu"))
+    gray = GpuResidentLoader(data, AugmentConfig(p_gray=1.0, sigma=0.0), 32, 2, 0, torch.device("cpu"))
     x, _ = next(iter(gray.epoch(0)))
     assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
-    noisy = _GpuLoader(data, AugmentConfig(flip=False, translate_padding=0, p_gray=0.0, sigma=0.05), 32, 2, 0,
+    noisy = GpuResidentLoader(data, AugmentConfig(flip=False, translate_padding=0, p_gray=0.0, sigma=0.05), 32, 2, 0,
                        torch.device("cpu"))
     x, y = next(iter(noisy.epoch(0)))
     clean = torch.from_numpy(data.images[y.numpy()]).permute(0, 3, 1, 2).float() / 255
     assert 0.02 < float((x - clean).std()) < 0.08
     with pytest.raises(ValueError, match="mean/std"):
-        _GpuLoader(data, AugmentConfig(mean=(0.5,) * 3, std=(0.2,) * 3), 32, 2, 0, torch.device("cpu"))
+        GpuResidentLoader(data, AugmentConfig(mean=(0.5,) * 3, std=(0.2,) * 3), 32, 2, 0, torch.device("cpu"))
 
 
 def test_schedule_and_tta_levels():

@@ -32,9 +32,9 @@ from typing import Callable, Optional, Union
 import torch
 from torch import nn
 
-from ..compensation.functional import compensate_batch
 from ..data.images import LabelledImages
 from ..loading.config import AugmentConfig
+from .airbench_loader import GpuResidentLoader, to_float
 from .victim import VictimResult
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -108,7 +108,8 @@ class AirbenchNet(nn.Module):
         self.scale = 1.0 / 9.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(self.whiten(self.normalize(x)))) * self.scale
+        # the head's input as float32, so a hook on it (DataElixir's penultimate features) never sees bf16
+        return self.head(self.body(self.whiten(self.normalize(x))).float()) * self.scale
 
     @torch.no_grad()
     def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
@@ -154,73 +155,10 @@ def autocast_factory(images: Optional[LabelledImages] = None,
     def make(num_classes: int) -> nn.Module:
         net = AirbenchNet(num_classes, widths)
         if images is not None:
-            net.init_whitening(_to_float(torch.from_numpy(images.images[:5000]).permute(0, 3, 1, 2)))
+            net.init_whitening(to_float(torch.from_numpy(images.images[:5000]).permute(0, 3, 1, 2)))
         return _Autocast(net)
 
     return make
-
-
-def _to_float(images_uint8: torch.Tensor) -> torch.Tensor:
-    return images_uint8.float().div_(255.0)
-
-
-def _reflect_pad(images: torch.Tensor, pad: int) -> torch.Tensor:
-    """Reflect-pad uint8 NCHW images by indexing (exact for any dtype)."""
-    h, w = images.shape[-2:]
-    rows = torch.arange(-pad, h + pad, device=images.device).abs()
-    rows = torch.where(rows >= h, 2 * (h - 1) - rows, rows)
-    cols = torch.arange(-pad, w + pad, device=images.device).abs()
-    cols = torch.where(cols >= w, 2 * (w - 1) - cols, cols)
-    return images[:, :, rows][:, :, :, cols]
-
-
-def _crop(padded: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, size: int) -> torch.Tensor:
-    """Per-image crops ``padded[i, :, dy_i:dy_i+size, dx_i:dx_i+size]``."""
-    b, c, hp, wp = padded.shape
-    ar = torch.arange(size, device=padded.device)
-    rows = (dy.view(b, 1) + ar).view(b, 1, size, 1).expand(b, c, size, wp)
-    out = padded.gather(2, rows)
-    cols = (dx.view(b, 1) + ar).view(b, 1, 1, size).expand(b, c, size, size)
-    return out.gather(3, cols)
-
-
-class _GpuLoader:
-    """The training set resident on ``device``; yields augmented [0, 1] float batches per epoch."""
-
-    def __init__(self, data: LabelledImages, augment: Optional[AugmentConfig], batch_size: int, translate: int,
-                 seed: int, device: torch.device) -> None:
-        if augment is not None and augment.mean is not None:
-            raise ValueError("the airbench victim normalises inside the network: give an AugmentConfig without mean/std")
-        self.images = torch.from_numpy(data.images).to(device).permute(0, 3, 1, 2).contiguous()
-        self.labels = torch.from_numpy(data.labels.astype("int64")).to(device)
-        self.augment, self.seed, self.device = augment, seed, device
-        self.translate = translate if augment is not None and augment.translate_padding > 0 else 0
-        self.padded = _reflect_pad(self.images, self.translate) if self.translate else self.images
-        self.batch_size = min(batch_size, len(self.labels))
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.flip_bits = torch.rand(len(self.labels), generator=self.generator, device=device) < 0.5
-
-    def __len__(self) -> int:
-        return len(self.labels) // self.batch_size
-
-    def epoch(self, epoch: int):
-        n, size = len(self.labels), self.images.shape[-1]
-        order = torch.randperm(n, generator=self.generator, device=self.device)
-        for k in range(len(self)):
-            idx = order[k * self.batch_size:(k + 1) * self.batch_size]
-            if self.translate:
-                shifts = torch.randint(0, 2 * self.translate + 1, (2, len(idx)), generator=self.generator,
-                                       device=self.device)
-                x = _crop(self.padded[idx], shifts[0], shifts[1], size)
-            else:
-                x = self.images[idx]
-            if self.augment is not None and self.augment.flip:
-                flip = (self.flip_bits[idx] ^ bool(epoch % 2)).view(-1, 1, 1, 1)  # alternating flip
-                x = torch.where(flip, x.flip(-1), x)
-            if self.augment is not None and self.augment.compensate:
-                x = compensate_batch(x, idx, p_gray=self.augment.p_gray, sigma=self.augment.sigma, seed=self.seed,
-                                     epoch=epoch)
-            yield _to_float(x).contiguous(memory_format=torch.channels_last), self.labels[idx]
 
 
 def _triangle(step: int, total: int, warmup: float = 0.23, start: float = 0.2, end: float = 0.07) -> float:
@@ -264,8 +202,8 @@ def train_airbench(
     device = torch.device(device)
     torch.manual_seed(seed)
     model = AirbenchNet(train.num_classes, config.widths).to(device)
-    loader = _GpuLoader(train, augment, config.batch_size, config.translate, seed, device)
-    model.init_whitening(_to_float(loader.images[:5000]))
+    loader = GpuResidentLoader(train, augment, config.batch_size, config.translate, seed, device)
+    model.init_whitening(to_float(loader.images[:5000]))
     model = model.to(memory_format=torch.channels_last)
     # airbench's decoupled hyper-parameters -> PyTorch SGD on a summed loss
     kilostep = 1024 * (1 + 1 / (1 - config.momentum))
@@ -331,7 +269,7 @@ def evaluate_tta(model: nn.Module, data: LabelledImages, tta_level: int = 2, bat
     model.eval()
     correct = 0
     for start in range(0, len(data), batch_size):
-        x = _to_float(torch.from_numpy(data.images[start:start + batch_size]).to(device).permute(0, 3, 1, 2))
+        x = to_float(torch.from_numpy(data.images[start:start + batch_size]).to(device).permute(0, 3, 1, 2))
         y = torch.from_numpy(data.labels[start:start + batch_size].astype("int64")).to(device)
         correct += int((predict_logits(model, x, tta_level).argmax(1) == y).sum())
     return correct / len(data)
