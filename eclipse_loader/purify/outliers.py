@@ -18,32 +18,43 @@ from ..recipes import DEFAULT_RECIPE
 DEFAULT_THRESHOLD: int = DEFAULT_RECIPE.repair_threshold  # type: ignore[assignment]
 
 
-def _neighbours(images: torch.Tensor) -> torch.Tensor:
-    """(N, C, 8, H, W): the 8 neighbours of every pixel, edges replicated."""
-    n, c, h, w = images.shape
-    padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
-    windows = F.unfold(padded, 3).view(n, c, 9, h, w)
-    return torch.cat([windows[:, :, :4], windows[:, :, 5:]], dim=2)
+_OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+
+
+def _neighbour_views(images: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 neighbours of every pixel as 8 shifted views of ``images`` (N, C, H, W), edges replicated."""
+    _, _, h, w = images.shape
+    padded = F.pad(images.float(), (1, 1, 1, 1), mode="replicate").to(images.dtype)
+    return [padded[:, :, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy, dx in _OFFSETS]
 
 
 def isolated_outliers(images: np.ndarray, threshold: int = DEFAULT_THRESHOLD) -> np.ndarray:
     """Boolean (N, H, W) mask of isolated outlier pixels in uint8 NHWC ``images``."""
     _check(images, threshold)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).to(torch.int16)
-    nb = _neighbours(x.float()).to(torch.int16)
-    excess = torch.maximum(x - nb.amax(2), nb.amin(2) - x)
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(torch.int16)
+    views = _neighbour_views(x)
+    high, low = views[0], views[0]
+    for view in views[1:]:
+        high, low = torch.maximum(high, view), torch.minimum(low, view)
+    excess = torch.maximum(x - high, low - x)
     return (excess > threshold).any(1).numpy()
 
 
 def repair_isolated_pixels(images: np.ndarray, threshold: int = DEFAULT_THRESHOLD) -> tuple[np.ndarray, int]:
-    """Replace isolated outlier pixels by their neighbours' median; returns (new images, pixels repaired)."""
+    """Replace isolated outlier pixels by their neighbours' median; returns (new images, pixels repaired).
+
+    The median of 8 values is the lower of the middle two (``torch.median``), computed only at the
+    flagged pixels.
+    """
     mask = isolated_outliers(images, threshold)
     if not mask.any():
         return images.copy(), 0
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-    median = _neighbours(x).median(2).values.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    n, y, x = (torch.from_numpy(v) for v in np.nonzero(mask))
+    pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    around = torch.stack([view[n, :, y, x] for view in _neighbour_views(pixels)], dim=-1)  # (K, C, 8)
+    median = around.float().median(-1).values.round().to(torch.uint8).numpy()
     repaired = images.copy()
-    repaired[mask] = median[mask]
+    repaired[mask] = median
     return repaired, int(mask.sum())
 
 
