@@ -141,3 +141,15 @@ def test_train_denoiser_command_resumes_after_sigkill_and_logs_the_loss(tmp_path
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert f"resuming from step {step}" in rerun.stdout, rerun.stdout[-2000:]
     assert json.loads((out / "denoiser.json").read_text())["trained_steps"] == step + 2
+
+
+@pytest.mark.parametrize("flag, value", [("--ema-decay", "5"), ("--checkpoint-every", "-1"), ("--log-every", "0"),
+                                         ("--max-steps", "0"), ("--lr", "0"), ("--num-nodes", "0")])
+def test_train_denoiser_refuses_bad_numbers_before_any_work(tmp_path, capsys, flag, value):
+    from eclipse_loader.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train-denoiser", "embedded:trusted", str(tmp_path / "den"), flag, value])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

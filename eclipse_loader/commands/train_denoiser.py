@@ -5,6 +5,27 @@ import argparse
 
 from ..data.sources import SOURCE_SPEC_HELP
 from ..recipes import RECIPES, get_recipe
+from . import DefaultsHelpFormatter, positive_int, unit_interval
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0.0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,41 +33,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train-denoiser",
         help="train the sparse-set diffusion denoiser (saved as safetensors + config.json)",
         description=(
-            "Pick a class-balanced sparse clean set from a TRUSTED clean source (default 4%% of --train-size "
+            "Pick a class-balanced sparse clean set from a TRUSTED clean source (default 4% of --train-size "
             "images, the paper's B/N), optionally check it shares no image with the evaluation set, and train "
             "a diffusers UNet2DModel on it (eps-MSE, cosine schedule, T=4000, EMA weights). The output "
             "directory holds unet/ and scheduler/ in diffusers format plus denoiser.json. Checkpoints and the "
             "CSV loss log go to --work-dir; rerunning the same command after a kill resumes from the last "
             "checkpoint."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("source", help="trusted clean images to draw the sparse set from; " + SOURCE_SPEC_HELP)
     parser.add_argument("output", help="directory to write the denoiser to")
     parser.add_argument("--preset", choices=["paper", "small", "tiny"], default="small",
                         help="U-Net size: paper (52.5M params, GPU), small (CPU-trainable), tiny (tests only)")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--sparse-count", type=int, default=None, help="sparse-set size in images")
+    size.add_argument("--sparse-count", type=positive_int, default=None, help="sparse-set size in images")
     size.add_argument("--sparse-fraction", type=float, default=None,
                       help="sparse-set size as a fraction of --train-size (default 0.04)")
     size.add_argument("--all", action="store_true", help="use the whole source as the sparse set")
-    parser.add_argument("--train-size", type=int, default=None,
+    parser.add_argument("--train-size", type=positive_int, default=None,
                         help="size of the (poisoned) training set the fraction refers to (default: size of SOURCE)")
     parser.add_argument("--sparse-seed", type=int, default=0, help="seed of the sparse-set draw")
     parser.add_argument("--eval-source", default=None,
                         help="the set the victim will be scored on; the sparse set is checked for shared images")
     parser.add_argument("--overlap", choices=["refuse", "warn"], default="refuse",
                         help="what to do when the sparse set shares images with --eval-source")
-    parser.add_argument("--enlarge", type=int, default=0, metavar="M",
+    parser.add_argument("--enlarge", type=_non_negative_int, default=0, metavar="M",
                         help="duplicate enlargement: append M plain copies of the sparse set (paper M=4; no effect "
                              "on the sampling distribution)")
-    parser.add_argument("--max-steps", type=int, default=20000, help="optimizer steps (paper: 250000)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per step (paper recipe: 128)")
-    parser.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate")
-    parser.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay of the saved weights")
+    parser.add_argument("--max-steps", type=positive_int, default=20000, help="optimizer steps (paper: 250000)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per step (paper recipe: 128)")
+    parser.add_argument("--lr", type=_positive_float, default=2e-4, help="AdamW learning rate")
+    parser.add_argument("--ema-decay", type=unit_interval, default=0.9999, help="EMA decay of the saved weights")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="default",
-                        help="purification recipe the denoiser serves: sets the default --t-max "
-                             "(default: t <= 399 for t*=400; paper: t <= 99 for t*=100)")
+                        help="purification recipe the denoiser serves, which sets the default --t-max: "
+                             + ", ".join(f"'{name}' t <= {r.denoiser_t_max} (t*={r.t_star})"
+                                         for name, r in sorted(RECIPES.items())) + " (default: %(default)s)")
     parser.add_argument("--t-max", type=int, default=None,
                         help="train only on timesteps t <= T_MAX (default: the recipe's; -1: all 4000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of init, data order, noise and timesteps")
@@ -54,17 +76,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     hardware.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
     hardware.add_argument("--devices", default="1", help="devices per node: a count, 'auto', or a list such as 0,1")
     hardware.add_argument("--strategy", default="auto", help="Lightning strategy: auto, ddp, ...")
-    hardware.add_argument("--num-nodes", type=int, default=1,
+    hardware.add_argument("--num-nodes", type=positive_int, default=1,
                           help="machines (multi-node DDP; --work-dir on shared storage)")
     progress = parser.add_argument_group("checkpoints and logging")
     progress.add_argument("--work-dir", default=None,
                           help="checkpoints, job.json and the CSV loss log (logs/version_N/metrics.csv); "
                                "default: OUTPUT.train beside OUTPUT")
-    progress.add_argument("--checkpoint-every", type=int, default=1000,
+    progress.add_argument("--checkpoint-every", type=_non_negative_int, default=1000,
                           help="steps between checkpoints (0: only at the end)")
     progress.add_argument("--no-resume", action="store_true",
                           help="start afresh even if --work-dir holds a checkpoint of this job")
-    progress.add_argument("--log-every", type=int, default=25,
+    progress.add_argument("--log-every", type=positive_int, default=25,
                           help="steps between rows of the CSV loss log (and printed loss lines with --no-progress)")
     progress.add_argument("--no-progress", action="store_true",
                           help="hide the progress bar (the loss is printed instead)")
