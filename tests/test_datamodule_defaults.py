@@ -58,3 +58,19 @@ def test_the_ffcv_script_takes_its_compensation_defaults_from_the_recipe():
     paper = script.parse_args(base + ["--recipe", "paper"])
     assert (paper.p_gray, paper.sigma) == (PAPER_RECIPE.p_gray, PAPER_RECIPE.sigma)
     assert script.parse_args(base + ["--recipe", "paper", "--sigma", "0.01"]).sigma == 0.01
+
+
+def test_a_recipe_file_sets_the_defaults_and_offline_steps_are_refused(tmp_path):
+    from dataclasses import replace
+
+    from eclipse_loader.recipes import save_recipe
+
+    tuned = save_recipe(replace(DEFAULT_RECIPE, p_gray=0.1, sigma=0.02, t_star=300, denoiser_t_max=299),
+                        tmp_path / "recipe.json")
+    dm = EclipseDataModule(train="embedded:train", backend="torch", recipe=str(tuned))
+    assert (dm.augment.p_gray, dm.augment.sigma, dm.purify_config().t_star) == (0.1, 0.02, 300)
+    offline = save_recipe(replace(DEFAULT_RECIPE, grayscale=True, jpeg_quality=10), tmp_path / "offline.json")
+    with pytest.raises(ValueError, match="sets grayscale, jpeg_quality, which EclipseDataModule does not apply"):
+        EclipseDataModule(train="embedded:train", backend="torch", recipe=str(offline))
+    with pytest.raises(ValueError, match="unknown recipe 'papr'"):
+        EclipseDataModule(train="embedded:train", backend="torch", recipe="papr")

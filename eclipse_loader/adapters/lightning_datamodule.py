@@ -21,9 +21,8 @@ import numpy as np
 from ..data.images import LabelledImages, as_labelled_images
 from ..data.sources import load_source
 from ..loading.config import AugmentConfig
-from ..recipes import get_recipe
-from .lightning_loaders import (Backend, build_loader, check_channels, ffcv_available, resolve_backend,
-                                wait_for_file)
+from .lightning_loaders import (Backend, build_loader, check_channels, datamodule_recipe, ffcv_available,
+                                resolve_backend, wait_for_file)
 
 if TYPE_CHECKING:  # the purifier imports diffusers: only when purifying
     from ..purify.purifier import PurifyConfig
@@ -47,8 +46,9 @@ class EclipseDataModule(pl.LightningDataModule):
         eval_batch_size: val/test/predict batch size (defaults to ``batch_size``).
         num_workers: loader threads (FFCV) / processes (torch); clamped to the cores.
         seed: base seed of the order, augmentation and compensation draws.
-        recipe: ``"default"`` or ``"paper"`` (`eclipse_loader.recipes`): the defaults of ``p_gray``,
-            ``sigma``, ``t_star``, ``purify_steps`` and ``repair_threshold`` when those are None.
+        recipe: ``"default"``, ``"paper"`` or a recipe ``.json`` file (`eclipse_loader.recipes`,
+            ``eclipse-loader tune``): the defaults of ``p_gray``, ``sigma``, ``t_star``,
+            ``purify_steps`` and ``repair_threshold`` when those are None.
         compensate: apply the corruption compensation to training batches.
         p_gray: grayscale probability of the compensation (None: the recipe's).
         sigma: Gaussian noise std in [0, 1] units (None: the recipe's).
@@ -103,7 +103,7 @@ class EclipseDataModule(pl.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if purify and not denoiser:
             raise ValueError("purify=True needs denoiser=DIR (train one with `eclipse-loader train-denoiser`)")
-        self.recipe = get_recipe(recipe).with_overrides(t_star=t_star)
+        self.recipe = datamodule_recipe(recipe, purify).with_overrides(t_star=t_star)
         p_gray = self.recipe.p_gray if p_gray is None else p_gray
         sigma = self.recipe.sigma if sigma is None else sigma
         self.augment = AugmentConfig(

@@ -1,5 +1,5 @@
-"""The loaders behind `EclipseDataModule`: which backend, one loader per split, and the wait of the
-ranks that do not purify.
+"""The loaders behind `EclipseDataModule`: its recipe, which backend, one loader per split, and the
+wait of the ranks that do not purify.
 
 FFCV when it imports (sharded with ``distributed=True`` when the world size is above 1), otherwise
 the pure-torch `TorchEpochLoader` with the same semantics (a warning says so once). Training loaders
@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional, Sequence, Union
 from ..data.images import LabelledImages
 from ..loading.config import AugmentConfig
 from ..loading.torch_loader import TorchEpochLoader
+from ..recipes import Recipe, load_recipe
 
 Backend = Literal["auto", "ffcv", "torch"]
 #: RGB images only: mean/std give one value per channel
@@ -49,6 +50,20 @@ def resolve_backend(backend: Backend) -> str:
                       "(same augmentation and compensation, slower)", RuntimeWarning, stacklevel=4)
         _FALLBACK_WARNED = True
     return "torch"
+
+
+def datamodule_recipe(recipe: str, purify: bool) -> Recipe:
+    """The recipe of an `EclipseDataModule`: a name or a ``.json`` file; ValueError for a recipe that
+    needs steps the DataModule does not run (they would otherwise be silently skipped)."""
+    chosen = load_recipe(recipe)
+    offline = [name for name, unset in (("grayscale", False), ("jpeg_quality", None), ("augment", None),
+                                        ("mix_trusted", False)) if getattr(chosen, name) != unset]
+    if purify and not chosen.purification:
+        offline.append("purification=false (with purify=True)")
+    if offline:
+        raise ValueError(f"recipe {recipe!r} sets {', '.join(offline)}, which EclipseDataModule does not apply; "
+                         "prepare the data with `eclipse-loader purify --recipe` and give the beton as train")
+    return chosen
 
 
 def check_channels(name: str, values: Optional[Sequence[float]]) -> Optional[tuple[float, ...]]:
