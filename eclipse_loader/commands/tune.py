@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("source", help="the (possibly poisoned) training data; " + SOURCE_SPEC_HELP)
     parser.add_argument("trusted", help="trusted clean images of the same classes, disjoint from SOURCE")
-    parser.add_argument("denoiser", help="denoiser directory (train-denoiser), or 'none' to skip purification candidates")
+    parser.add_argument("denoiser",
+                        help="denoiser directory (train-denoiser), or 'none' to skip the purification candidates")
     parser.add_argument("out_dir", help="directory for recipe.json, the report and the resume cache")
     parser.add_argument("--seed", type=int, default=0, help="seed of subsets, proxy training and intervals")
     parser.add_argument("--budget-minutes", type=float, default=None,

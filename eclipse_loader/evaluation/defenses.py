@@ -141,7 +141,7 @@ def candidate_defense(candidate: Candidate, steps: Optional[int] = None, name: s
     p_gray, sigma = candidate.p_gray_sigma
     augment = AugmentConfig(flip=True, translate_padding=4, compensate=p_gray > 0 or sigma > 0, p_gray=p_gray,
                             sigma=sigma)
-    settings = PurifySettings(t_star=candidate.t_star, steps=steps) if candidate.t_star is not None else PurifySettings()
+    settings = PurifySettings() if candidate.t_star is None else PurifySettings(t_star=candidate.t_star, steps=steps)
     return Defense(name, offline, augment, f"{AUTO_DESCRIPTION}: {candidate.name}", settings, candidate.augment)
 
 

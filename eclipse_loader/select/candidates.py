@@ -86,7 +86,7 @@ class Candidate:
         t_star = self.t_star if self.t_star is not None else DEFAULT_RECIPE.t_star
         return Recipe(t_star=t_star, purify_steps=None if purify_steps is None else min(purify_steps, t_star),
                       repair_threshold=repair_threshold if self.repair else None,
-                      denoiser_t_max=max(DEFAULT_RECIPE.denoiser_t_max, t_star - 1) if self.t_star is None else t_star - 1,
+                      denoiser_t_max=DEFAULT_RECIPE.denoiser_t_max if self.t_star is None else t_star - 1,
                       p_gray=p_gray, sigma=sigma, purification=self.t_star is not None, grayscale=self.grayscale,
                       jpeg_quality=self.jpeg, augment=self.augment, mix_trusted=self.mix_trusted)
 

@@ -68,8 +68,11 @@ def unservable_reason(candidate: Candidate, purify_fn: Optional[PurifyFn]) -> Op
     return None
 
 
+_THRESHOLD: int = DEFAULT_RECIPE.repair_threshold  # type: ignore[assignment]
+
+
 def apply_offline(candidate: Candidate, data: LabelledImages, purify_fn: Optional[PurifyFn] = None,
-                  repair_threshold: int = DEFAULT_RECIPE.repair_threshold) -> LabelledImages:  # type: ignore[assignment]
+                  repair_threshold: int = _THRESHOLD) -> LabelledImages:
     """``data`` after ``candidate``'s offline steps: repair, grayscale, JPEG, purification (in that order)."""
     if candidate.repair:
         data = LabelledImages(repair_isolated_pixels(data.images, repair_threshold)[0], data.labels, data.num_classes)

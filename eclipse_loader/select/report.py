@@ -42,11 +42,10 @@ def _fits(selection: Selection) -> Optional[float]:
 
 def markdown(selection: Selection) -> str:
     """A markdown table of every candidate, best first; skipped ones at the end with the reason."""
-    p = selection.plan.proxy
+    p, shrunk = selection.plan.proxy, selection.plan.proxy != selection.plan.requested
     lines = [f"Defence selection: proxy `small_cnn` width {p.width}, {selection.sizes['proxy_train']} training images "
              f"x {p.epochs} epochs, validated on {selection.sizes['validation']} held-out trusted images, seed "
-             f"{selection.seed}" + (" (proxy shrunk to fit the budget)" if selection.plan.proxy != selection.plan.requested
-                                    else "") + ".",
+             f"{selection.seed}" + (" (proxy shrunk to fit the budget)" if shrunk else "") + ".",
              f"Chosen: **{selection.chosen.name}** ({selection.reason}). Training noise of the proxy: "
              f"{100 * selection.seed_noise:.1f} points (largest gap of 'none' over {len(selection.noise_accuracies)} "
              "other seeds); a candidate must beat 'none' by more than that and than the 95% paired interval.", "",
@@ -65,11 +64,13 @@ def markdown(selection: Selection) -> str:
                      f"{r.offline_seconds + r.train_seconds:.0f} |")
     fits = _fits(selection)
     if fits is not None and fits < FIT_WARNING:
-        lines += ["", f"**Warning**: the proxy reached only {100 * fits:.0f}% on its own training set under no defence; "
-                      "a proxy that does not fit its training set cannot see what a poison does (raise the epochs)."]
+        lines += ["", f"**Warning**: the proxy reached only {100 * fits:.0f}% on its own training set under no "
+                      "defence; a proxy that does not fit its training set cannot see what a poison does (raise the "
+                      "epochs)."]
     if selection.trusted_mix is not None:
-        lines += ["", f"Also training on the trusted images: {'recommended' if selection.mix_recommended else 'not recommended'}"
-                      f" ({selection.sizes['mixed_trusted']} trusted images mixed into the proxy's training set)."]
+        verdict = "recommended" if selection.mix_recommended else "not recommended"
+        lines += ["", f"Also training on the trusted images: {verdict} ({selection.sizes['mixed_trusted']} trusted "
+                      "images mixed into the proxy's training set)."]
     return "\n".join(lines) + "\n"
 
 
