@@ -42,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm",
                         help="ddpm: stochastic ancestral (paper); ddim: deterministic eta=0")
     parser.add_argument("--seed", type=int, default=0, help="base seed of the per-sample noise")
+    parser.add_argument("--noise-rng", choices=["counter", "generator"], default="counter",
+                        help="counter: hash-based noise drawn on the device (default); generator: per-sample CPU "
+                             "generators of earlier releases (reproduces their results)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the U-Net (CUDA only)")
     parser.add_argument("--batch-size", type=positive_int, default=256,
                         help="images per U-Net call; the result is bit-identical at equal batch size and device, and "
@@ -113,7 +116,7 @@ def purify_config_from_args(args: argparse.Namespace) -> PurifyConfig:
         raise ValueError("give --repair-threshold or --no-repair, not both")
     return recipe.with_overrides(t_star=args.t_star).purify_config(
         steps=args.steps, repair_threshold=args.repair_threshold, repair=not args.no_repair,
-        noise_std=args.noise_std, sampler=args.sampler, seed=args.seed, bf16=args.bf16)
+        noise_std=args.noise_std, sampler=args.sampler, seed=args.seed, noise_rng=args.noise_rng, bf16=args.bf16)
 
 
 def preview_settings(args: argparse.Namespace) -> tuple[float, float]:

@@ -295,7 +295,10 @@ class Purifier:
         """Purify uint8 NHWC ``images`` (dataset positions ``indices``) to uint8 NHWC."""
         if self.config.repair_threshold is not None:
             images, _ = repair_isolated_pixels(images, self.config.repair_threshold)
-        x = self.purify_tensor(to_model_range(images), indices)
+        x0 = to_model_range(images)
+        if self.device.type == "cuda":
+            x0 = x0.pin_memory()  # lets the copy to the GPU run asynchronously
+        x = self.purify_tensor(x0, indices)
         bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
         if bad:
             raise NonFiniteOutputError(f"the denoiser produced NaN/Inf for {bad} of {len(x)} images")
