@@ -153,3 +153,38 @@ def test_train_denoiser_refuses_bad_numbers_before_any_work(tmp_path, capsys, fl
     assert exit_info.value.code == 2
     assert f"argument {flag}" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_saves_the_step_reached_and_exits_nonzero(tmp_path):
+    """A scheduler's SIGTERM (preemption) loses nothing: the state after the step in progress is saved."""
+    out = tmp_path / "den"
+    command = [sys.executable, "-m", "eclipse_loader.cli", "train-denoiser", "embedded:trusted", str(out),
+               "--preset", "tiny", "--sparse-count", "20", "--batch-size", "4", "--max-steps", "100000",
+               "--checkpoint-every", "100000", "--log-every", "1", "--accelerator", "cpu", "--no-progress",
+               "--t-max", "99"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 200
+        line = ""
+        while time.monotonic() < deadline and not line.startswith("step 3/"):
+            line = proc.stdout.readline()
+            if not line:
+                break
+        assert line.startswith("step 3/"), proc.stderr.read()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err[-3000:]
+    assert "training stopped by SIGTERM after step" in err and "rerun to resume" in err, err[-3000:]
+    step = torch.load(tmp_path / "den.train" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert step >= 3  # no periodic checkpoint was due: this one was written on SIGTERM
+    assert not out.exists()
+    command[command.index("100000")] = str(step + 2)  # --max-steps: the rerun resumes from the SIGTERM state
+    rerun = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=200)
+    assert rerun.returncode == 0 and f"resuming from step {step}" in rerun.stdout, rerun.stderr[-3000:]
+    assert json.loads((out / "denoiser.json").read_text())["trained_steps"] == step + 2

@@ -1,7 +1,12 @@
 """`eclipse-loader train-denoiser`: choose the sparse clean set and train the ECLIPSE denoiser on it."""
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
+import signal
+import sys
+import threading
 
 from ..data.sources import SOURCE_SPEC_HELP
 from ..recipes import RECIPES, get_recipe
@@ -108,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.sources import load_source
     from ..data.sparse import check_overlap, duplicate_enlarge, select_sparse_indices
     from ..denoiser.resume import default_work_dir
-    from ..denoiser.training import train_denoiser
+    from ..denoiser.training import TrainingInterrupted
 
     pool = load_source(args.source)
     if args.all:
@@ -123,7 +128,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"sparse set: {len(sparse)} images from {args.source}"
           f"{f' (x{args.enlarge + 1} after enlargement)' if args.enlarge else ''}")
     work = args.work_dir or default_work_dir(args.output)
-    out = train_denoiser(
+    # SIGTERM during training: Lightning's own handler finishes the step, then the state is saved
+    # (the CLI's handler would exit at once, possibly halfway through an optimizer step)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if in_main_thread else None
+    try:
+        out = _train(args, train_set, indices, work)
+    except TrainingInterrupted as stopped:
+        print(f"eclipse-loader train-denoiser: {stopped}", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    print(f"denoiser written to {out} (checkpoints and the CSV loss log: {work})")
+    return 0
+
+
+def _train(args: argparse.Namespace, train_set: Any, indices: list[int], work: Any) -> Any:
+    from ..denoiser.training import train_denoiser
+
+    return train_denoiser(
         train_set, args.preset, args.output, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
         ema_decay=args.ema_decay, t_max=_t_max(args), seed=args.seed, accelerator=args.accelerator,
         devices=_devices(args.devices), strategy=args.strategy, num_nodes=args.num_nodes,
@@ -132,5 +156,3 @@ def run(args: argparse.Namespace) -> int:
         metadata={"source": args.source, "sparse_indices": indices, "sparse_seed": args.sparse_seed,
                   "eval_source": args.eval_source, "enlarge_m": args.enlarge},
     )
-    print(f"denoiser written to {out} (checkpoints and the CSV loss log: {work})")
-    return 0

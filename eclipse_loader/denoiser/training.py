@@ -131,6 +131,10 @@ class DenoiserModule(L.LightningModule):
         return unet.eval()
 
 
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on SIGTERM after a completed step (its state is checkpointed with a work dir)."""
+
+
 def noise_seed(seed: int, rank: int, step: int) -> int:
     """Seed of the noise/timestep generator for a (re)start at ``step`` on ``rank``.
 
@@ -244,7 +248,13 @@ def train_denoiser(
         gradient_clip_val=1.0,
         log_every_n_steps=int(log_every),
     )
-    trainer.fit(module, loader, ckpt_path=checkpoint, weights_only=True)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(module, loader, ckpt_path=checkpoint, weights_only=True)
+    except SIGTERMException:  # Lightning's SystemExit(0) after the step in progress: not a success
+        saved = f"; its state is saved in {work}: rerun to resume" if work is not None else ""
+        raise TrainingInterrupted(f"training stopped by SIGTERM after step {trainer.global_step}{saved}") from None
     if work is not None:  # the end state, so a rerun of a finished job has nothing to redo
         trainer.save_checkpoint(work / CHECKPOINT_DIR / LAST_CHECKPOINT, weights_only=False)
     if not trainer.is_global_zero:

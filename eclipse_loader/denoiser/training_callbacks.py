@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import lightning as L
 
-from .resume import CHECKPOINT_DIR
+from .resume import CHECKPOINT_DIR, LAST_CHECKPOINT
 
 
 class StepTimer(L.Callback):
@@ -32,8 +32,24 @@ class StepTimer(L.Callback):
             print(f"step {step}/{trainer.max_steps}: loss {float(loss):.5f}", flush=True)
 
 
+class CheckpointOnSigterm(L.Callback):
+    """On SIGTERM Lightning stops after the step in progress; save that state, so a rerun resumes there.
+
+    (Every DDP rank gets here: Lightning shares the SIGTERM flag across ranks before stopping.)
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException) and trainer.global_step > 0:
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+
 def checkpoints_and_logs(work: Optional[Path], every: int, log_every: int) -> tuple[list[L.Callback], list[Any]]:
-    """The checkpoint callback and the loggers (CSV; TensorBoard when installed) of a work dir."""
+    """The checkpoint callbacks and the loggers (CSV; TensorBoard when installed) of a work dir."""
     if work is None:
         return [], []
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -44,4 +60,4 @@ def checkpoints_and_logs(work: Optional[Path], every: int, log_every: int) -> tu
     loggers: list[Any] = [CSVLogger(work, name="logs", flush_logs_every_n_steps=log_every)]
     if importlib.util.find_spec("tensorboard") is not None:  # optional
         loggers.append(TensorBoardLogger(work, name="tensorboard"))
-    return [saver], loggers
+    return [saver, CheckpointOnSigterm(work / CHECKPOINT_DIR / LAST_CHECKPOINT)], loggers
