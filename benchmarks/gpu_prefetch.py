@@ -120,4 +120,9 @@ class Prefetcher:
             self.timings.update(future.result())
 
     def close(self) -> None:
+        """Cancel queued work and stop this pool's worker processes (a run cut by its budget must exit now)."""
+        processes = list(getattr(self.pool, "_processes", {}).values())
         self.pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
