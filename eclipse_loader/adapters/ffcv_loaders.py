@@ -203,6 +203,11 @@ def make_ffcv_loader(
     ``augment=None`` gives an evaluation loader (no flip, translate or compensation). The device
     may be ``"cpu"`` or a CUDA device; ``num_workers`` is clamped to the cores. With
     ``distributed=True`` (torch.distributed already initialised) each rank reads its own shard.
+
+    Raises:
+        FileNotFoundError: no beton at ``path``.
+        DamagedBetonError: (a ValueError) the beton is truncated or damaged; the message names it.
+        LoaderThreadError: (while iterating) FFCV's worker thread failed; its exception is the cause.
     """
     path = check_beton(path)  # one clear error naming a truncated or damaged file, not FFCV's raw one
     device = torch.device(device)
