@@ -294,6 +294,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 ("backdoor", [b for b in args.backdoors.split(",") if b], BACKDOORS)):
         if [c for c in chosen if c not in names]:
             raise SystemExit(f"unknown {kind}(s) {[c for c in chosen if c not in names]}; choose from {list(names)}")
+    if protocol.name == "gpu-full" and not args.device.startswith("cuda"):
+        raise SystemExit("protocol gpu-full needs a CUDA device (--device cuda); rehearse on a CPU with gpu-full-dry")
     started = time.perf_counter()
     h = GpuHarness(protocol, args.workdir or Path("bench-work") / f"defense-{protocol.name}", args.device, args.seed,
                    splits=args.splits, data=args.data)
