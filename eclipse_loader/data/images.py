@@ -52,7 +52,9 @@ class LabelledImages:
         """sha256 of the pixels, labels and class count: equal fingerprints mean equal datasets."""
         digest = hashlib.sha256()
         digest.update(repr((self.images.shape, self.num_classes)).encode())
-        digest.update(np.ascontiguousarray(self.images).data)
+        block = max(1, (64 << 20) // max(1, int(np.prod(self.images.shape[1:]))))  # ~64 MiB at a time
+        for start in range(0, len(self.images), block):  # streamed: a memory-mapped source stays on disk
+            digest.update(np.ascontiguousarray(self.images[start:start + block]).data)
         digest.update(self.labels.astype("<i8").tobytes())
         return digest.hexdigest()
 

@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from .images import GrayscalePolicy, InvalidInputError, LabelledImages, as_labelled_images, grayscale_policy_image
+from .npz_mmap import mmap_npz_member
 
 PathLike = Union[str, os.PathLike]
 SOURCE_SPEC_HELP = (
@@ -31,8 +32,14 @@ def from_npz(
     labels_key: Optional[str] = None,
     grayscale: GrayscalePolicy = "refuse",
     num_classes: Optional[int] = None,
+    mmap: bool = True,
 ) -> LabelledImages:
-    """Load NHWC uint8 images and labels from an ``.npz`` (keys guessed from `NPZ_KEY_PAIRS` if not given)."""
+    """Load NHWC uint8 images and labels from an ``.npz`` (keys guessed from `NPZ_KEY_PAIRS` if not given).
+
+    With ``mmap`` (default) images stored uncompressed (``np.savez``) are memory-mapped read-only
+    instead of read, so purifying a large source holds only the batches in flight; compressed
+    archives (``np.savez_compressed``) are read into memory.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such .npz file: {path}")
@@ -55,7 +62,11 @@ def from_npz(
             for key in (images_key, labels_key):
                 if key not in keys:
                     raise InvalidInputError(f"{path} has no array {key!r} (it has {sorted(keys)})")
-            images, labels = archive[images_key], archive[labels_key]
+            labels = archive[labels_key]
+            # uncompressed members are mapped, not read: a 200k-image source costs no memory up front
+            images = mmap_npz_member(path, images_key) if mmap else None
+            if images is None:
+                images = archive[images_key]
     except InvalidInputError:
         raise
     except ValueError as error:  # pickled objects or random bytes: never suggest allow_pickle

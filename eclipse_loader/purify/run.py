@@ -29,6 +29,7 @@ from .workdir import open_work_dir, remove_job_files
 
 PathLike = Union[str, os.PathLike]
 WORK_MANIFEST = "work.json"
+ASSEMBLED_NAME = "assembled.npy"
 _log = logging.getLogger(__name__)
 
 
@@ -270,14 +271,18 @@ def _purify_chunks(purifier: Purifier, data: LabelledImages, work: Path, chunk: 
 
 
 def _assemble(work: Path, ranges: list[tuple[int, int]], shape: tuple[int, ...]) -> np.ndarray:
-    """Concatenate the chunks in index order, checking every sample is present exactly once."""
-    parts = []
+    """The chunks in index order, every sample checked present exactly once, as a memory map of
+    ``WORK/assembled.npy`` (filled chunk by chunk: memory holds one chunk, not the dataset)."""
+    total = ranges[-1][1] if ranges else 0
+    path = work / ASSEMBLED_NAME
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(total, *shape))
     for a, b in ranges:
         array = _load_chunk(_chunk_path(work, a, b), (b - a, *shape))
         if array is None:
             raise RuntimeError(f"chunk {a}:{b} missing from {work} after purification")
-        parts.append(array)
-    return np.concatenate(parts)
+        out[a:b] = array
+    out.flush()
+    return np.load(path, mmap_mode="r")
 
 
 def _write_npz(path: Path, data: LabelledImages, key: str) -> None:

@@ -14,7 +14,7 @@ from typing import Iterable, Union
 
 PathLike = Union[str, os.PathLike]
 # the only names a purification job writes into its work directory
-_OWN_NAME = re.compile(r"^(chunk_\d+_\d+\.npy|shard_\d+_\d+\.npz|work\.json|job\.json|\..+\.tmp(-[\w.-]+)?)$")
+_OWN_NAME = re.compile(r"^(chunk_\d+_\d+\.npy|assembled\.npy|shard_\d+_\d+\.npz|work\.json|job\.json|\..+\.tmp(-[\w.-]+)?)$")
 # tolerated but never deleted here: output locks (`eclipse_loader.storage.output.output_lock`)
 _LOCK_NAME = re.compile(r"^\..+\.lock(\.pid)?$")
 

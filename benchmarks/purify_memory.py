@@ -1,0 +1,100 @@
+"""Peak memory of `eclipse-loader purify` against the dataset size (issue 16, item 4).
+
+    python benchmarks/purify_memory.py --sizes 10000,50000,200000 [--steps 1]
+
+For each size, a CIFAR-shaped source is made by tiling the embedded sample into an uncompressed
+``.npz`` (memory-mapped by the reader), a tiny-preset denoiser is saved, and the purify command runs
+in a subprocess whose process tree (the command and FFCV's writer processes) is sampled every
+0.1 s from /proc: the peak of the summed RSS, and of its anonymous part (RssAnon: memory the job
+itself holds, as opposed to file pages of the mapped source and output, which the kernel can drop).
+Results go to ``benchmarks/results/purify-memory-<date>.json``, rewritten after every size.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """(RSS, RssAnon) in bytes, summed over ``pid`` and its descendants."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0, 0
+    rss = anon = 0
+    for proc in procs:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            rss += int(fields["VmRSS"].split()[0]) * 1024
+            anon += int(fields["RssAnon"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError):
+            continue
+    return rss, anon
+
+
+def run_size(n: int, steps: int, work: Path, denoiser: Path) -> dict:
+    from eclipse_loader.data.embedded import load_embedded
+
+    sample = load_embedded("train")
+    reps = -(-n // len(sample))
+    source = work / f"source-{n}.npz"
+    np.savez(source, images=np.tile(sample.images, (reps, 1, 1, 1))[:n], labels=np.tile(sample.labels, reps)[:n])
+    out = work / f"purified-{n}.beton"
+    command = [sys.executable, "-m", "eclipse_loader.cli", "purify", f"npz:{source}", str(denoiser), str(out),
+               "--steps", str(steps), "--no-progress", "--batch-size", "256"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(command)
+    peak_rss = peak_anon = 0
+    while proc.poll() is None:
+        rss, anon = _tree_memory(proc.pid)
+        peak_rss, peak_anon = max(peak_rss, rss), max(peak_anon, anon)
+        time.sleep(0.1)
+    if proc.returncode != 0:
+        raise SystemExit(f"purify failed on {n} images (exit {proc.returncode})")
+    seconds = time.perf_counter() - start
+    result = {"images": n, "source_mib": round(source.stat().st_size / 2**20, 1), "seconds": round(seconds, 1),
+              "peak_rss_mib": round(peak_rss / 2**20, 1), "peak_rss_anon_mib": round(peak_anon / 2**20, 1),
+              "output_pixels_mib": round(n * 32 * 32 * 3 / 2**20, 1)}
+    source.unlink()
+    out.unlink()
+    Path(str(out) + ".json").unlink()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,50000,200000")
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--out", default=str(RESULTS / f"purify-memory-{datetime.date.today()}.json"))
+    args = parser.parse_args()
+    import torch
+
+    from eclipse_loader.denoiser import build_scheduler, build_unet, save_denoiser
+
+    report = {"command": "python benchmarks/purify_memory.py " + f"--sizes {args.sizes} --steps {args.steps}",
+              "machine": "2-core CPU, no GPU", "preset": "tiny", "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        denoiser = save_denoiser(build_unet("tiny"), build_scheduler(), Path(tmp) / "den")
+        for n in (int(v) for v in args.sizes.split(",")):
+            report["runs"].append(run_size(n, args.steps, Path(tmp), denoiser))
+            print(json.dumps(report["runs"][-1]), flush=True)
+            Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
