@@ -5,7 +5,7 @@ a `Loader`; for the CIFAR training pipeline (decode, flip, translate) that is 15
 batch on 2 cores, in every process, every run. numba can keep the machine code on disk
 (``cache=True``), keyed by the function's code and the values it closes over, but FFCV never asks
 for it. `caching_ffcv_compiler` asks for it while a loader is being built: FFCV's own functions
-(module ``ffcv.*``, defined in a file, closing over picklable values) are compiled with
+(module ``ffcv.*``, defined in a file, closing over plain values: numbers, arrays, ``range``) are compiled with
 ``cache=True``; anything else (a user's op, the generated stage code) is compiled exactly as FFCV
 would. Functions numba cannot cache (those calling ctypes, such as FFCV's JPEG decoder) compile as
 before. The compensation kernels (`compensation.numba_kernels`) are cached by themselves.
@@ -18,25 +18,31 @@ import warnings
 from typing import Any, Callable, Iterator, Optional
 
 from ffcv.pipeline.compiler import Compiler
-from numba import njit
-from numba.core import serialize
+import numpy as np
+from numba import njit, prange
 from numba.core.errors import NumbaWarning
 
 _LOCK = threading.Lock()
 warnings.filterwarnings("ignore", message="Cannot cache compiled function", category=NumbaWarning)
 
 
+def _plain(value: Any) -> bool:
+    """Values whose pickle is the same in every process (a compiled function's is not, so a closure
+    over one would add a new cache entry per process instead of finding the old one)."""
+    if isinstance(value, np.ndarray):
+        return value.dtype != object
+    if value is None or value is range or value is prange or isinstance(value, (bool, int, float, str, bytes, np.generic)):
+        return True
+    return isinstance(value, tuple) and all(_plain(v) for v in value)
+
+
 def cacheable(code: Callable) -> bool:
-    """Whether numba may cache ``code``: an FFCV function from a source file whose closure pickles."""
+    """Whether to cache ``code``: an FFCV function from a source file that closes over plain values only."""
     if not getattr(code, "__module__", "").startswith("ffcv."):
         return False
     if getattr(getattr(code, "__code__", None), "co_filename", "<")[:1] == "<":
         return False
-    try:
-        serialize.dumps(tuple(cell.cell_contents for cell in code.__closure__ or ()))
-    except Exception:  # noqa: BLE001 - anything unpicklable: numba would fail to build the cache key
-        return False
-    return True
+    return all(_plain(cell.cell_contents) for cell in code.__closure__ or ())
 
 
 def _compile(cls: Any, code: Callable, signature: Optional[Any] = None) -> Callable:

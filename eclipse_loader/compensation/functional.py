@@ -62,7 +62,7 @@ def noise_levels(keys: torch.Tensor, shape_chw: tuple[int, int, int], noise_scal
     salts = _run_salts(num_values, keys.device)
     offsets = rng.run_offset(keys.view(-1, 1), salts.view(1, -1), noise_table.TABLE_BITS)  # (B, runs)
     _, runs = _tables(float(noise_scale), keys.device)
-    flat = runs[offsets].view(keys.shape[0], -1)[:, :num_values]  # values in HWC order
+    flat = runs.index_select(0, offsets.view(-1)).view(keys.shape[0], -1)[:, :num_values]  # values in HWC order
     return flat.view(-1, h, w, c).permute(0, 3, 1, 2)
 
 
@@ -95,8 +95,8 @@ def compensate_with_keys(images: torch.Tensor, keys: torch.Tensor, *, p_gray: fl
     if p_gray > 0:
         gray = gray_mask(keys, p_gray).nonzero().view(-1)  # luma only where needed: ~p_gray of the batch
         if len(gray):
-            out = images.clone()
-            out[gray] = luma_uint8(images[gray]).expand(-1, 3, -1, -1)
+            luma = luma_uint8(images.index_select(0, gray)).expand(-1, 3, -1, -1)
+            out = images.clone().index_copy_(0, gray, luma)
     if sigma > 0:
         noise = noise_levels(keys, tuple(images.shape[1:]), 255.0 * sigma)
         out = (out.to(torch.int16) + noise).clamp_(0, 255).to(torch.uint8)

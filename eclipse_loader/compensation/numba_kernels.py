@@ -65,14 +65,16 @@ def compensate_image(src, dst, key, p_gray, levels, salts):
     flat_dst = dst.reshape(-1)
     n = flat_src.shape[0]
     gray = p_gray > 0 and rng.to_unit_open(rng.gray_word(key)) < p_gray
-    if gray:
-        _luma_rgb(flat_src.reshape(n // 3, 3), flat_dst.reshape(n // 3, 3))
-    elif levels.shape[0] == 0:
+    noise = levels.shape[0] > 0
+    base = flat_src
+    if gray:  # the noise loop below vectorises only when it does not read what it writes: luma to scratch
+        base = np.empty(n, np.uint8) if noise else flat_dst
+        _luma_rgb(flat_src, base)
+    elif not noise:
         for t in range(n):
             flat_dst[t] = flat_src[t]
-    if levels.shape[0] == 0:
+    if not noise:
         return
-    base = flat_dst if gray else flat_src
     for r in range(salts.shape[0]):
         start = r * RUN_LENGTH
         stop = min(start + RUN_LENGTH, n)
@@ -82,13 +84,14 @@ def compensate_image(src, dst, key, p_gray, levels, salts):
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _luma_rgb(src, dst):
-    """PIL's integer luma of each RGB row of ``src``, written to all three channels of ``dst``."""
-    for q in range(src.shape[0]):
-        luma = (np.int32(src[q, 0]) * LUMA_R + np.int32(src[q, 1]) * LUMA_G + np.int32(src[q, 2]) * LUMA_B
-                + LUMA_HALF) >> 16
-        dst[q, 0] = luma
-        dst[q, 1] = luma
-        dst[q, 2] = luma
+    """PIL's integer luma of each RGB pixel of the flat HWC ``src``, written to all three channels of
+    ``dst`` (flat indexing ``3 q + c``: LLVM vectorises it, a ``(n, 3)`` view it does not)."""
+    for q in range(src.shape[0] // 3):
+        luma = np.uint8((np.int32(src[3 * q]) * LUMA_R + np.int32(src[3 * q + 1]) * LUMA_G
+                         + np.int32(src[3 * q + 2]) * LUMA_B + LUMA_HALF) >> 16)
+        dst[3 * q] = luma
+        dst[3 * q + 1] = luma
+        dst[3 * q + 2] = luma
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")

@@ -23,27 +23,26 @@ def flip_and_translate(images: torch.Tensor, keys: torch.Tensor, flip: bool, pad
     """Per-sample horizontal flip (p=0.5), then a zero-filled shift of up to ``padding`` pixels
     (RandomCrop with padding), of a uint8 batch ``(B, C, H, W)``, keyed by ``keys``.
 
-    Returns ``(B, C, H, W)`` in channels-last memory (how the loaders hold images).
+    Returns ``(B, C, H, W)`` in channels-last memory (how the loaders hold images). One copy into a
+    zero-padded buffer (and its mirror image when flipping), then one ``index_select`` of the crops.
     """
     b, c, h, w = images.shape
-    pixels = images.permute(0, 2, 3, 1)  # (B, H, W, C): a view for channels-last input
-    if flip:
-        flipped = (rng.hash32(keys ^ _FLIP_STREAM) & 1).bool().nonzero().view(-1)
-        if len(flipped):
-            pixels = pixels.clone()
-            pixels[flipped] = pixels[flipped].flip(2)
-    if padding <= 0:
-        return pixels.permute(0, 3, 1, 2)
-    shifts = 2 * padding + 1
     hp, wp = h + 2 * padding, w + 2 * padding
-    padded = pixels.new_zeros((b, hp, wp, c))
-    padded[:, padding:padding + h, padding:padding + w] = pixels
-    # every (dy, dx) crop of every padded image, as a view: windows[i, dy, dx] = padded[i, dy:dy+h, dx:dx+w]
-    windows = padded.as_strided((b, shifts, shifts, h, w * c), (hp * wp * c, wp * c, c, wp * c, 1))
-    dy = rng.hash32(keys ^ _SHIFT_Y_STREAM) % shifts
-    dx = rng.hash32(keys ^ _SHIFT_X_STREAM) % shifts
-    crops = windows[torch.arange(b, device=images.device), dy, dx]
-    return crops.view(b, h, w, c).permute(0, 3, 1, 2)
+    sources = images.new_zeros((2 if flip else 1, b, hp, wp, c))
+    sources[0, :, padding:padding + h, padding:padding + w] = images.permute(0, 2, 3, 1)
+    if flip:
+        sources[1] = sources[0].flip(2)  # pad(flip(x)) == flip(pad(x)): zero padding is symmetric
+    # start (in pixels) of the crop of each sample: image, flipped or not, row dy, column dx
+    start = torch.arange(b, device=images.device) * (hp * wp)
+    if flip:
+        start = start + (rng.hash32(keys ^ _FLIP_STREAM) & 1) * (b * hp * wp)
+    if padding > 0:
+        shifts = 2 * padding + 1
+        start = start + (rng.hash32(keys ^ _SHIFT_Y_STREAM) % shifts) * wp + rng.hash32(keys ^ _SHIFT_X_STREAM) % shifts
+    # every crop of the buffer that starts at a pixel, as an overlapping view (no copy)
+    starts = sources.numel() // c - (h - 1) * wp - w + 1
+    crops = sources.view(-1).as_strided((starts, h, w * c), (c, wp * c, 1))
+    return crops.index_select(0, start).view(b, h, w, c).permute(0, 3, 1, 2)
 
 
 def augment_batch(
@@ -60,12 +59,21 @@ def augment_batch(
 
 
 class Normalizer:
-    """uint8 ``(B, C, H, W)`` -> float32 ``(x - mean) / std`` on the 0-255 scale of `AugmentConfig.scale`."""
+    """uint8 ``(B, C, H, W)`` -> float32 ``(x - mean) / std`` on the 0-255 scale of `AugmentConfig.scale`
+    (the same float operations as torchvision's ``Normalize`` after ``Convert(float32)`` in FFCV)."""
 
     def __init__(self, normalize: AugmentConfig, device: torch.device) -> None:
         mean, std = normalize.scale
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        self.uniform = len(set(mean)) == 1 and len(set(std)) == 1
+        self.mean = torch.tensor(mean, device=device)
+        self.std = torch.tensor(std, device=device)
+        self.mean_scalar, self.std_scalar = float(mean[0]), float(std[0])
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - self.mean) / self.std
+        if self.uniform:  # scalar operands: much faster than a (1, 3, 1, 1) broadcast on channels-last data
+            out = images.float()
+            if self.mean_scalar:
+                out.sub_(self.mean_scalar)
+            return out.div_(self.std_scalar)
+        pixels = images.permute(0, 2, 3, 1).float()  # (B, H, W, C): the channel is the contiguous axis
+        return pixels.sub_(self.mean).div_(self.std).permute(0, 3, 1, 2)
