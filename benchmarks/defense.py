@@ -337,8 +337,10 @@ class Harness:
 
 
 def summarise(harness: Harness, attacks: list[str], adaptive: list[str], defenses: list[str], args: argparse.Namespace,
-              started: float) -> dict[str, Any]:
+              started: float, registry: Optional[dict[str, Defense]] = None) -> dict[str, Any]:
+    """The result JSON of the finished cells; ``registry``: the defences by name (default `DEFENSES`)."""
     cells = harness.cells
+    registry = DEFENSES if registry is None else registry
 
     def row(attack: str) -> dict[str, float]:
         return {d: cells[(attack, d)]["accuracy"] for d in defenses if (attack, d) in cells}
@@ -357,13 +359,13 @@ def summarise(harness: Harness, attacks: list[str], adaptive: list[str], defense
         "relative_to_clean": ({d: m / clean for d, m in means.items()} if clean else None),
         "adaptive": {a: row(a) for a in adaptive},
         "attacks_in_means": attacks,
-        "defenses": {d: DEFENSES[d].description for d in defenses},
+        "defenses": {d: registry[d].description for d in defenses},
         "victim_seed": harness.victim_seed,
         "settings": {**asdict(harness.protocol), "seed": harness.seed, "train_images": len(harness.train),
                      "sparse_images": len(harness.sparse), "test_images": len(harness.test)},
         "purification_gflop_per_image": harness.purification_gflop_per_image(),
         "purification_gflop_per_image_by_defense": {
-            d: harness.purification_gflop_per_image(DEFENSES[d].purify) for d in defenses if DEFENSES[d].purifies},
+            d: harness.purification_gflop_per_image(registry[d].purify) for d in defenses if registry[d].purifies},
         "worst_ratio_to_clean_by_defense": ({d: min(table[a][d] for a in attacks) / clean for d in means}
                                             if clean else None),
         "clean_cost_points_by_defense": ({d: round(100 * (clean - table["none"][d]), 2) for d in table["none"]}

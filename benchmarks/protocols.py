@@ -68,6 +68,7 @@ class GpuProtocol(Protocol):
             EM crafts against ``crafting_victim`` (ResNet-18 at full scale: EM's published setting).
         purify_batch, purify_bf16: purification batch size and bf16 autocast (CUDA only).
         elixir: DataElixir settings (noise std, rounds, reverse steps, tau, backdoor ratio, denoiser t_max).
+        auto: the ``auto`` column's selection: `ProxySettings` fields, ``t_stars``, ``budget_minutes``.
         resnet_recipe: the optional ResNet-18 rows' training recipe (the paper's 80 epochs).
     """
 
@@ -75,6 +76,7 @@ class GpuProtocol(Protocol):
     purify_batch: int = 500
     purify_bf16: bool = False
     elixir: dict[str, Any] = field(default_factory=dict)
+    auto: dict[str, Any] = field(default_factory=dict)
     resnet_recipe: TrainRecipe = field(default_factory=paper_recipe)
 
 
@@ -89,16 +91,18 @@ GPU_PROTOCOLS = {
                 batch_size=512),
         tap=dict(steps=100, batch_size=1024), crafting_victim="resnet18",
         airbench=AirbenchConfig(), purify_batch=2048, purify_bf16=True,
-        elixir=dict(noise_std=0.3, rounds=2, steps=2, tau=2, ratio=0.1, t_max=750, batch_size=1024)),
+        elixir=dict(noise_std=0.3, rounds=2, steps=2, tau=2, ratio=0.1, t_max=750, batch_size=1024),
+        auto=dict(images=2000, epochs=30, width=16, batch_size=128, budget_minutes=3.0)),
     # the same run at CPU scale (minutes; numbers meaningless): rehearses every stage of gpu-full
     "gpu-full-dry": GpuProtocol(
-        name="gpu-full-dry", train_size=300, sparse_size=100, sparse_from="test", victim="airbench94",
+        name="gpu-full-dry", train_size=300, sparse_size=200, sparse_from="test", victim="airbench94",
         recipe=TrainRecipe(epochs=1, batch_size=100, lr=0.05), denoiser_preset="tiny", denoiser_steps=3,
         denoiser_batch=16, denoiser_lr=1e-3, t_star=100, purify_steps=1, denoiser_t_max=399,
         em=dict(pgd_steps=2, step_size=2 / 255, train_steps=2, max_rounds=1, batch_size=100),
         tap=dict(steps=2, batch_size=100), crafting_victim="airbench94", test_size=200,
         airbench=AirbenchConfig(epochs=1, batch_size=100, widths=(16, 32, 32)), purify_batch=100,
         elixir=dict(noise_std=0.3, rounds=1, steps=1, tau=1, ratio=0.1, t_max=750, batch_size=100),
+        auto=dict(images=100, epochs=1, width=4, batch_size=50, t_stars=(100,)),
         resnet_recipe=TrainRecipe(epochs=1, batch_size=100, lr=0.05)),
 }
 PROTOCOLS.update(GPU_PROTOCOLS)

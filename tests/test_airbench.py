@@ -117,3 +117,15 @@ def test_the_recipe_learns_and_reports_a_victim_result():
     assert evaluate_tta(result.model, test, tta_level=0) > 0.8
     with pytest.raises(ValueError, match="empty"):
         train_airbench_victim(train.subset(np.arange(0)), test, None, config=config)
+
+
+def test_a_defence_batch_transform_runs_before_the_crop():
+    data = _unique(8)
+    inverted = lambda images, indices, epoch: 255 - images  # noqa: E731
+    loader = GpuResidentLoader(data, AugmentConfig(flip=False, compensate=False), 8, 2, 0, torch.device("cpu"),
+                               batch_transform=inverted)
+    x, y = next(iter(loader.epoch(0)))
+    padded = torch.nn.functional.pad((255 - torch.from_numpy(data.images).permute(0, 3, 1, 2)).float() / 255,
+                                     (2,) * 4, mode="reflect")
+    for row, label in zip(x, y.tolist()):
+        assert any(torch.equal(row, padded[label, :, dy:dy + 32, dx:dx + 32]) for dy in range(5) for dx in range(5))

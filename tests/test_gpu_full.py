@@ -16,7 +16,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 def _splits(path: Path) -> Path:
     rng = np.random.default_rng(0)
     arrays = {}
-    for key, n in (("train", 300), ("sparse", 100), ("test", 200)):
+    for key, n in (("train", 300), ("sparse", 200), ("test", 200)):
         arrays[f"{key}_x"] = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
         arrays[f"{key}_y"] = np.arange(n) % 10
     np.savez(path, **arrays)
@@ -96,3 +96,32 @@ def test_gpu_data_round_trip_and_damaged_part(tmp_path):
     (tmp_path / "parts" / "images-2.xz").unlink()
     with pytest.raises(FileNotFoundError, match="images-2.xz has not arrived"):
         gpu_data.unpack(tmp_path / "parts", tmp_path / "back.npz")
+
+
+def test_auto_column_selects_per_cell_on_the_sparse_set(tmp_path):
+    run = _run(tmp_path, "--attacks", "ops", "--defenses", "none,auto", "--backdoors", "")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    (path,) = (tmp_path / "out").glob("defense-gpu-full-dry-*-dry.json")
+    result = json.loads(path.read_text())
+    assert set(result["table"]["ops"]) == {"none", "auto"} and result["errors"] == []
+    assert set(result["auto_choices"]) == {"none", "ops"} and "chosen" in result["auto_choices"]["ops"]
+    assert "proxy" in result["defenses"]["auto"]
+
+
+def test_auto_purifies_with_its_own_denoiser(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    from gpu_full import GpuHarness
+    from protocols import GPU_PROTOCOLS
+
+    from eclipse_loader.evaluation.defenses import candidate_defense
+    from eclipse_loader.select.candidates import Candidate
+
+    h = GpuHarness(GPU_PROTOCOLS["gpu-full-dry"], tmp_path / "work", "cpu", 0, splits=_splits(tmp_path / "s.npz"))
+    seen = []
+    h._auto_purify = lambda images, t_star: seen.append(t_star) or 255 - images
+    defense = candidate_defense(Candidate(repair=True, t_star=200), steps=1)
+    steps = h.offline_functions("ops", defense, ("repair-outliers",))
+    out = steps["purify"](h.train)
+    assert seen == [200] and np.array_equal(out.images, 255 - h.train.images)
+    repaired = steps["repair-outliers"](h.train)
+    assert (tmp_path / "work" / "offline" / "ops--repair-outliers.npz").is_file() and len(repaired) == len(h.train)

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..data.images import LabelledImages
 from ..loading.config import AugmentConfig
-from .airbench_loader import GpuResidentLoader, to_float
+from .airbench_loader import BatchTransform, GpuResidentLoader, to_float
 from .victim import VictimResult
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -190,19 +190,21 @@ def train_airbench(
     seed: int = 0,
     device: Union[str, torch.device] = "cpu",
     log: Optional[Callable[[str], None]] = None,
+    batch_transform: Optional[BatchTransform] = None,
 ) -> AirbenchNet:
     """Train a fresh airbench network on ``train``; returns it in eval mode (fp32 weights).
 
     ``augment``: ``None`` trains without augmentation; otherwise its ``flip`` and ``translate_padding > 0``
     switch on airbench's alternating flip and ``config.translate``-pixel translation, and its
-    compensation (if ``compensate``) runs on every batch.
+    compensation (if ``compensate``) runs on every batch. ``batch_transform``: a defence's extra per-batch
+    step on the uint8 images, before the translation.
     """
     if len(train) == 0:
         raise ValueError("cannot train on an empty dataset")
     device = torch.device(device)
     torch.manual_seed(seed)
     model = AirbenchNet(train.num_classes, config.widths).to(device)
-    loader = GpuResidentLoader(train, augment, config.batch_size, config.translate, seed, device)
+    loader = GpuResidentLoader(train, augment, config.batch_size, config.translate, seed, device, batch_transform)
     model.init_whitening(to_float(loader.images[:5000]))
     model = model.to(memory_format=torch.channels_last)
     # airbench's decoupled hyper-parameters -> PyTorch SGD on a summed loss
@@ -284,10 +286,12 @@ def train_airbench_victim(
     seed: int = 0,
     device: Union[str, torch.device] = "cpu",
     log: Optional[Callable[[str], None]] = None,
+    batch_transform: Optional[BatchTransform] = None,
 ) -> VictimResult:
     """`train_airbench` on ``train``, then its TTA accuracy on ``test`` (the harness's `VictimResult`)."""
     start = time.perf_counter()
-    model = train_airbench(train, augment, config=config, seed=seed, device=device, log=log)
+    model = train_airbench(train, augment, config=config, seed=seed, device=device, log=log,
+                           batch_transform=batch_transform)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -1,13 +1,17 @@
 """The airbench victim's data path: the whole training set on the device, augmented per batch there."""
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
 from ..compensation.functional import compensate_batch
 from ..data.images import LabelledImages
 from ..loading.config import AugmentConfig
+
+
+BatchTransform = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""``f(uint8 batch NCHW, dataset indices, epoch) -> uint8 batch``: a defence's extra online step."""
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -45,12 +49,12 @@ class GpuResidentLoader:
     """
 
     def __init__(self, data: LabelledImages, augment: Optional[AugmentConfig], batch_size: int, translate: int,
-                 seed: int, device: torch.device) -> None:
+                 seed: int, device: torch.device, batch_transform: Optional[BatchTransform] = None) -> None:
         if augment is not None and augment.mean is not None:
             raise ValueError("the airbench victim normalises inside the network: give an AugmentConfig without mean/std")
         self.images = torch.from_numpy(data.images).to(device).permute(0, 3, 1, 2).contiguous()
         self.labels = torch.from_numpy(data.labels.astype("int64")).to(device)
-        self.augment, self.seed, self.device = augment, seed, device
+        self.augment, self.seed, self.device, self.batch_transform = augment, seed, device, batch_transform
         self.translate = translate if augment is not None and augment.translate_padding > 0 else 0
         self.padded = _reflect_pad(self.images, self.translate) if self.translate else self.images
         self.batch_size = min(batch_size, len(self.labels))
@@ -65,12 +69,18 @@ class GpuResidentLoader:
         order = torch.randperm(n, generator=self.generator, device=self.device)
         for k in range(len(self)):
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]
+            if self.batch_transform is not None:  # a defence's own per-batch step (e.g. RSK+FF), before crop/flip
+                source = self.batch_transform(self.images[idx], idx, epoch).to(self.device)
+                padded = _reflect_pad(source, self.translate) if self.translate else source
+                picked = torch.arange(len(idx), device=self.device)
+            else:
+                padded, picked = self.padded, idx
             if self.translate:
                 shifts = torch.randint(0, 2 * self.translate + 1, (2, len(idx)), generator=self.generator,
                                        device=self.device)
-                x = _crop(self.padded[idx], shifts[0], shifts[1], size)
+                x = _crop(padded[picked], shifts[0], shifts[1], size)
             else:
-                x = self.images[idx]
+                x = padded[picked]
             if self.augment is not None and self.augment.flip:
                 flip = (self.flip_bits[idx] ^ bool(epoch % 2)).view(-1, 1, 1, 1)  # alternating flip
                 x = torch.where(flip, x.flip(-1), x)
