@@ -168,4 +168,32 @@ def test_compilation_is_cached_across_processes(indexed_beton, tmp_path):
     assert runs[0]["misses"] >= 1 and runs[0]["hits"] == 0  # compiled (and saved) in the first process
     assert runs[1]["hits"] >= 1 and runs[1]["misses"] == 0  # loaded in the second
     assert any((tmp_path / "numba-cache").rglob("*translate*.nbi"))  # FFCV's own ops are cached too
+    assert any((tmp_path / "numba-cache").rglob("*RawRGBImageDecoder*decode*.nbi"))  # and the decoder
     assert runs[1]["seconds"] < runs[0]["seconds"] / 2
+
+
+@pytest.mark.parametrize("write_mode", ["raw", "jpg"])
+def test_raw_decoder_gives_ffcv_decoders_output(tmp_path, write_mode):
+    """The cached raw decoder copies exactly what FFCV's decoder produces; JPEG betons use FFCV's."""
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import ToTensor
+
+    from eclipse_loader.adapters import ffcv_raw_decoder
+    from eclipse_loader.storage.beton import write_beton
+
+    assert ffcv_raw_decoder._RAW == IMAGE_MODES["raw"]
+    data = load_embedded("train")
+    path = write_beton(tmp_path / f"{write_mode}.beton", LabelledImages(data.images[:70], data.labels[:70], 10),
+                       write_mode=write_mode, progress=False)
+
+    def images(decoder):
+        loader = Loader(str(path), batch_size=32, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+                        pipelines={"image": [decoder, ToTensor()], "label": [IntDecoder(), ToTensor()]})
+        return torch.cat([x for x, _ in loader])
+
+    ours, theirs = images(ffcv_raw_decoder.RawRGBImageDecoder()), images(SimpleRGBImageDecoder())
+    assert ours.shape == (70, 32, 32, 3) and torch.equal(ours, theirs)
+    if write_mode == "raw":
+        assert torch.equal(ours, torch.from_numpy(data.images[:70]))

@@ -36,9 +36,14 @@ def _plain(value: Any) -> bool:
     return isinstance(value, tuple) and all(_plain(v) for v in value)
 
 
+CACHED_MODULES = ("ffcv.", "eclipse_loader.adapters.ffcv_raw_decoder")
+"""Modules whose pipeline functions are cached (FFCV's, and our decoder written for it)."""
+
+
 def cacheable(code: Callable) -> bool:
-    """Whether to cache ``code``: an FFCV function from a source file that closes over plain values only."""
-    if not getattr(code, "__module__", "").startswith("ffcv."):
+    """Whether to cache ``code``: a function of `CACHED_MODULES` from a source file that closes over
+    plain values only."""
+    if not getattr(code, "__module__", "").startswith(CACHED_MODULES):
         return False
     if getattr(getattr(code, "__code__", None), "co_filename", "<")[:1] == "<":
         return False

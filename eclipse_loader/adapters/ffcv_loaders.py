@@ -25,7 +25,6 @@ import numba
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import SimpleRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.pipeline.compiler import Compiler
@@ -37,6 +36,7 @@ from ..loading.torch_loader import EpochSampler
 from ..storage.beton import check_beton
 from .ffcv_compensation import CompensateFFCV
 from .ffcv_jit_cache import caching_ffcv_compiler
+from .ffcv_raw_decoder import RawRGBImageDecoder
 
 PathLike = Union[str, os.PathLike]
 #: how often (seconds) a consumer waiting for a batch checks that FFCV's worker thread is alive
@@ -110,10 +110,10 @@ def clamp_workers(num_workers: Optional[int], local_world_size: int = 1) -> int:
 
 
 def image_pipeline(
-    augment: Optional[AugmentConfig], device: torch.device, seed: int, normalize: AugmentConfig
+    augment: Optional[AugmentConfig], device: torch.device, seed: int, normalize: AugmentConfig, os_cache: bool = True
 ) -> tuple[list[Any], Optional[CompensateFFCV]]:
     """The image field's operations, and the compensation op in it (to drive its epoch), if any."""
-    ops: list[Any] = [SimpleRGBImageDecoder()]
+    ops: list[Any] = [RawRGBImageDecoder(os_cache)]
     compensation = None
     if augment is not None:
         if augment.flip:
@@ -211,7 +211,7 @@ def make_ffcv_loader(
     """
     path = check_beton(path)  # one clear error naming a truncated or damaged file, not FFCV's raw one
     device = torch.device(device)
-    ops, compensation = image_pipeline(augment, device, seed, normalize or augment or AugmentConfig())
+    ops, compensation = image_pipeline(augment, device, seed, normalize or augment or AugmentConfig(), os_cache)
     with caching_ffcv_compiler():  # FFCV's own pipeline functions: compiled once per machine, not per process
         loader = Loader(
             str(path), batch_size=batch_size, num_workers=clamp_workers(num_workers, local_world_size),
