@@ -5,8 +5,9 @@
 For each size, a CIFAR-shaped source is made by tiling the embedded sample into an uncompressed
 ``.npz`` (memory-mapped by the reader), a tiny-preset denoiser is saved, and the purify command runs
 in a subprocess whose process tree (the command and FFCV's writer processes) is sampled every
-0.1 s from /proc: the peak of the summed RSS, and of its anonymous part (RssAnon: memory the job
-itself holds, as opposed to file pages of the mapped source and output, which the kernel can drop).
+0.1 s from /proc/PID/smaps_rollup: the peak of the summed PSS, and of its anonymous part (Pss_Anon:
+memory the job itself holds, as opposed to file pages of the mapped source and output, which the
+kernel can drop). PSS counts a page shared by forked processes once in all.
 Results go to ``benchmarks/results/purify-memory-<date>.json``, rewritten after every size.
 """
 from __future__ import annotations
@@ -26,7 +27,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _tree_memory(pid: int) -> tuple[int, int]:
-    """(RSS, RssAnon) in bytes, summed over ``pid`` and its descendants."""
+    """(PSS, anonymous PSS) in bytes, summed over ``pid`` and its descendants: proportional set sizes,
+    so pages a forked writer shares with its parent are counted once, not once per process."""
     import psutil
 
     try:
@@ -36,10 +38,10 @@ def _tree_memory(pid: int) -> tuple[int, int]:
     rss = anon = 0
     for proc in procs:
         try:
-            with open(f"/proc/{proc.pid}/status") as f:
+            with open(f"/proc/{proc.pid}/smaps_rollup") as f:
                 fields = dict(line.split(":", 1) for line in f if ":" in line)
-            rss += int(fields["VmRSS"].split()[0]) * 1024
-            anon += int(fields["RssAnon"].split()[0]) * 1024
+            rss += int(fields["Pss"].split()[0]) * 1024
+            anon += int(fields["Pss_Anon"].split()[0]) * 1024
         except (OSError, KeyError, ValueError):
             continue
     return rss, anon
@@ -66,7 +68,7 @@ def run_size(n: int, steps: int, work: Path, denoiser: Path) -> dict:
         raise SystemExit(f"purify failed on {n} images (exit {proc.returncode})")
     seconds = time.perf_counter() - start
     result = {"images": n, "source_mib": round(source.stat().st_size / 2**20, 1), "seconds": round(seconds, 1),
-              "peak_rss_mib": round(peak_rss / 2**20, 1), "peak_rss_anon_mib": round(peak_anon / 2**20, 1),
+              "peak_pss_mib": round(peak_rss / 2**20, 1), "peak_pss_anon_mib": round(peak_anon / 2**20, 1),
               "output_pixels_mib": round(n * 32 * 32 * 3 / 2**20, 1)}
     source.unlink()
     out.unlink()

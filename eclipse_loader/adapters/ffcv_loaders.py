@@ -4,21 +4,13 @@ that makes an FFCV `Loader` epoch-aware and leak-free under Lightning.
 Training pipeline: decode, flip, translate, `CompensateFFCV`, to tensor (optionally on CUDA), CHW,
 float, normalise. Evaluation pipeline: decode, to tensor, CHW, float, normalise.
 
-Two FFCV 1.0.2 traps are handled here (`start_epoch`):
-
-* FFCV allocates an epoch's torch buffers in the thread that calls ``iter()`` and fills them in its
-  worker thread. Under Lightning's ``validate``/``test``/``predict`` that call runs in
-  ``torch.inference_mode()``, the buffers become inference tensors, and the worker dies on
-  "Inplace update to inference tensor outside InferenceMode". Epochs are started with inference
-  mode off.
-* A worker thread that dies leaves FFCV's ``__next__`` waiting forever on its queue. Here the
-  consumer waits in short slices, notices a dead worker and raises `LoaderThreadError` with the
-  worker's exception as the cause.
+Every epoch starts through `eclipse_loader.storage.ffcv_epochs.start_epoch`, which handles two
+FFCV 1.0.2 traps (inference-mode buffers under Lightning's validate/test/predict; a dead worker
+thread leaving the consumer waiting forever).
 """
 from __future__ import annotations
 
 import os
-import queue
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import numba
@@ -26,80 +18,18 @@ import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.loader import Loader, OrderOption
-from ffcv.loader.epoch_iterator import EpochIterator
-from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import Convert, RandomHorizontalFlip, RandomTranslate, Squeeze, ToDevice, ToTensor, ToTorchImage
 from torchvision.transforms import Normalize
 
 from ..loading.config import AugmentConfig, usable_cores
 from ..loading.torch_loader import EpochSampler
 from ..storage.beton import check_beton
+from ..storage.ffcv_epochs import POLL_S, LoaderThreadError, WatchedEpochIterator, start_epoch  # noqa: F401 (re-exported)
 from .ffcv_compensation import CompensateFFCV
 from .ffcv_jit_cache import caching_ffcv_compiler
 from .ffcv_raw_decoder import RawRGBImageDecoder
 
 PathLike = Union[str, os.PathLike]
-#: how often (seconds) a consumer waiting for a batch checks that FFCV's worker thread is alive
-POLL_S = 0.5
-
-
-class LoaderThreadError(RuntimeError):
-    """FFCV's worker thread died; its exception is the ``__cause__``."""
-
-
-class WatchedEpochIterator(EpochIterator):
-    """FFCV's epoch thread, whose failure reaches the consumer instead of leaving it waiting forever."""
-
-    error: Optional[BaseException] = None
-
-    def run(self) -> None:
-        try:
-            super().run()
-        except BaseException as error:  # reported to the consumer by __next__
-            self.error = error
-
-    def __next__(self) -> Any:
-        while True:
-            try:
-                item = self.output_queue.get(timeout=POLL_S)
-                break
-            except queue.Empty:
-                if self.is_alive():
-                    continue
-                try:  # the worker may have queued its last item just before it ended
-                    item = self.output_queue.get_nowait()
-                    break
-                except queue.Empty:
-                    pass
-                self.close()
-                if self.error is None and self.terminate_event.is_set():
-                    raise StopIteration from None  # closed by its owner
-                cause = self.error
-                what = "ended without finishing the epoch" if cause is None else \
-                    f"failed: {type(cause).__name__}: {cause}"
-                raise LoaderThreadError(f"FFCV loader thread for {self.loader.reader.file_name} {what}") from cause
-        if item is None:
-            self.close()
-            raise StopIteration
-        slot, result = item
-        if self.cuda_streams[slot] is not None:
-            self.current_stream.wait_stream(self.cuda_streams[slot])  # as FFCV: wait for the copy
-        return result
-
-
-def start_epoch(loader: Loader) -> WatchedEpochIterator:
-    """``iter(loader)`` of FFCV 1.0.2 (``Loader.__iter__``), with a `WatchedEpochIterator`, and with
-    inference mode off while the epoch's buffers are allocated (see the module docstring)."""
-    with torch.inference_mode(False):
-        Compiler.set_num_threads(loader.num_workers)
-        order = loader.next_traversal_order()
-        selected_order = order[:len(loader) * loader.batch_size]
-        loader.next_epoch += 1
-        if loader.code is None or loader.recompile:
-            loader.generate_code()
-        return WatchedEpochIterator(loader, selected_order)
-
-
 def clamp_workers(num_workers: Optional[int], local_world_size: int = 1) -> int:
     """FFCV worker threads: at most the cores (per local rank) and numba's thread limit, at least 1.
 

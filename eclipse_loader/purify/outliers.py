@@ -31,7 +31,7 @@ def _neighbour_views(images: torch.Tensor) -> list[torch.Tensor]:
 def isolated_outliers(images: np.ndarray, threshold: int = DEFAULT_THRESHOLD) -> np.ndarray:
     """Boolean (N, H, W) mask of isolated outlier pixels in uint8 NHWC ``images``."""
     _check(images, threshold)
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(torch.int16)
+    x = torch.from_numpy(np.require(images, requirements=["C", "W"])).permute(0, 3, 1, 2).to(torch.int16)
     views = _neighbour_views(x)
     high, low = views[0], views[0]
     for view in views[1:]:
@@ -50,7 +50,7 @@ def repair_isolated_pixels(images: np.ndarray, threshold: int = DEFAULT_THRESHOL
     if not mask.any():
         return images.copy(), 0
     n, y, x = (torch.from_numpy(v) for v in np.nonzero(mask))
-    pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    pixels = torch.from_numpy(np.require(images, requirements=["C", "W"])).permute(0, 3, 1, 2)
     around = torch.stack([view[n, :, y, x] for view in _neighbour_views(pixels)], dim=-1)  # (K, C, 8)
     median = around.float().median(-1).values.round().to(torch.uint8).numpy()
     repaired = images.copy()

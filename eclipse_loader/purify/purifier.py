@@ -141,7 +141,7 @@ def sample_seed(seed: int, index: int) -> int:
 
 def to_model_range(images: np.ndarray) -> torch.Tensor:
     """uint8 NHWC -> float32 NCHW in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.require(images, requirements=["C", "W"])).permute(0, 3, 1, 2).float()  # a read-only map: copied
     return x / 127.5 - 1.0
 
 

@@ -320,7 +320,9 @@ def read_beton(path: PathLike, num_classes: Optional[int] = None) -> LabelledIma
             str(path), batch_size=512, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
             pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]},
         )
-        for batch_images, batch_labels in loader:
+        from .ffcv_epochs import start_epoch  # a dead worker thread raises instead of hanging
+
+        for batch_images, batch_labels in start_epoch(loader):
             images.append(np.array(batch_images))
             labels.append(np.array(batch_labels).reshape(-1))
     except (KeyError, ValueError, IndexError, AssertionError) as error:
