@@ -20,7 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"), help="resize images (needed for mixed sizes)")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="number of classes; labels outside [0, N) are refused (default: max label + 1)")
-    parser.add_argument("--write-mode", choices=["raw", "jpg"], default="raw", help="raw (exact pixels, default) or jpg")
+    parser.add_argument("--write-mode", choices=["raw", "jpg", "smart", "proportion"], default="raw",
+                        help="raw (exact pixels, default), jpg (all JPEG: for large images), smart or proportion "
+                             "(FFCV's mixed modes)")
+    parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of compressed images (default 90)")
     parser.add_argument("--num-workers", type=int, default=None, help="writer processes (default: all cores)")
     parser.set_defaults(func=run)
 
@@ -28,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     data = load_source(args.source, grayscale=args.grayscale, resize=tuple(args.resize) if args.resize else None,
                        num_classes=args.num_classes)
-    path = write_beton(args.output, data, write_mode=args.write_mode, num_workers=args.num_workers,
+    path = write_beton(args.output, data, write_mode=args.write_mode, jpeg_quality=args.jpeg_quality,
+                       num_workers=args.num_workers,
                        metadata={"source": args.source})
     print(f"wrote {len(data)} samples ({data.num_classes} classes, {data.image_shape}) to {path}")
     return 0

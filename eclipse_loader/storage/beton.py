@@ -26,7 +26,8 @@ from ..errors import MissingExtraError
 from ..loading.config import usable_cores
 from .output import check_output, lock_files, output_lock, remove_stale_temporaries, temporary_path
 
-WriteMode = Literal["raw", "jpg"]
+WriteMode = Literal["raw", "jpg", "smart", "proportion"]
+WRITE_MODES = ("raw", "jpg", "smart", "proportion")
 PathLike = Union[str, os.PathLike]
 MANIFEST_SUFFIX = ".json"
 
@@ -66,6 +67,7 @@ def write_beton(
     *,
     write_mode: WriteMode = "raw",
     jpeg_quality: int = 90,
+    compress_probability: float = 0.5,
     num_workers: Optional[int] = None,
     stall_timeout_s: float = 120.0,
     progress: bool = True,
@@ -77,8 +79,11 @@ def write_beton(
     Args:
         path: destination; its parent directory is created.
         data: validated images and labels (see `eclipse_loader.data.load_source`).
-        write_mode: ``"raw"`` (default, pixel-exact) or ``"jpg"`` (smaller, lossy).
-        jpeg_quality: JPEG quality when ``write_mode="jpg"``.
+        write_mode: FFCV's ``RGBImageField`` modes: ``"raw"`` (default, pixel-exact), ``"jpg"`` (every
+            image JPEG-compressed: smaller, lossy; what large images need), ``"smart"`` (JPEG only where
+            raw would be much larger) or ``"proportion"`` (a random ``compress_probability`` of them).
+        jpeg_quality: JPEG quality of the compressed images.
+        compress_probability: share of images JPEG-compressed with ``write_mode="proportion"``.
         num_workers: FFCV writer processes (default and upper bound: the usable cores).
         stall_timeout_s: abort if no sample is encoded for this long (FFCV's writer hangs on worker errors).
         progress: show a progress bar with images/s.
@@ -94,8 +99,12 @@ def write_beton(
             is writing it (checked before anything is written).
         BetonWriteError: the writer failed or stalled; neither the beton nor a temporary file remains.
     """
-    if write_mode not in ("raw", "jpg"):
-        raise ValueError(f"write_mode must be 'raw' or 'jpg', got {write_mode!r}")
+    if write_mode not in WRITE_MODES:
+        raise ValueError(f"write_mode must be one of {WRITE_MODES}, got {write_mode!r}")
+    if not 0.0 <= compress_probability <= 1.0:
+        raise ValueError(f"compress_probability must be in [0, 1], got {compress_probability!r}")
+    if not 1 <= int(jpeg_quality) <= 100:
+        raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality!r}")
     if len(data) == 0:
         raise ValueError("refusing to write an empty beton: the dataset has no samples")
     require_ffcv()
@@ -103,23 +112,25 @@ def write_beton(
     with output_lock(path) if lock else _no_lock():
         remove_stale_temporaries(path)
         remove_stale_temporaries(manifest_path(path))
-        _write_locked(path, data, write_mode, jpeg_quality, _clamp_workers(num_workers), stall_timeout_s, progress,
+        field = {"write_mode": write_mode, "jpeg_quality": int(jpeg_quality),
+                 "compress_probability": float(compress_probability)}
+        _write_locked(path, data, field, _clamp_workers(num_workers), stall_timeout_s, progress,
                       metadata, leftovers=lock_files(path) if lock else ())
     return path
 
 
-def _write_locked(path: Path, data: LabelledImages, write_mode: str, jpeg_quality: int, workers: int,
+def _write_locked(path: Path, data: LabelledImages, field: dict[str, Any], workers: int,
                   stall_timeout_s: float, progress: bool, metadata: Optional[dict[str, Any]],
                   leftovers: tuple[Path, ...]) -> None:
     tmp = temporary_path(path)
     manifest_tmp = temporary_path(manifest_path(path))
-    manifest_tmp.write_text(_manifest_text(data, write_mode, metadata))  # built first: fails before any pixel
+    manifest_tmp.write_text(_manifest_text(data, field["write_mode"], metadata))  # built first: fails before any pixel
     context = mp.get_context("fork")
     counter = context.Value("l", 0)
     receive_error, send_error = context.Pipe(duplex=False)
     child = context.Process(
         target=_write_in_child,
-        args=(str(tmp), data, write_mode, jpeg_quality, workers, counter, send_error,
+        args=(str(tmp), data, field, workers, counter, send_error,
               (manifest_tmp, *leftovers)), daemon=False,
     )
     try:
@@ -166,7 +177,7 @@ class _CountingDataset:
         return self.images[index], int(self.labels[index])
 
 
-def _write_in_child(tmp: str, data: LabelledImages, write_mode: str, quality: int, workers: int, counter: Any,
+def _write_in_child(tmp: str, data: LabelledImages, field: dict[str, Any], workers: int, counter: Any,
                     send_error: Any, leftovers: tuple[Path, ...]) -> None:
     os.setpgid(0, 0)  # own process group, so the watchdog can kill FFCV's worker processes too
     _die_with_parent((Path(tmp), *leftovers))
@@ -177,7 +188,7 @@ def _write_in_child(tmp: str, data: LabelledImages, write_mode: str, quality: in
         ffcv.writer.tqdm = _silent_tqdm  # the parent shows the progress bar
         sample_bytes = int(np.prod(data.image_shape))
         page_size = 1 << max(23, int(np.ceil(np.log2(sample_bytes * 2 + 4096))))
-        fields = {"image": RGBImageField(write_mode=write_mode, jpeg_quality=quality), "label": IntField()}
+        fields = {"image": RGBImageField(**field), "label": IntField()}
         writer = ffcv.writer.DatasetWriter(tmp, fields, page_size=page_size, num_workers=workers)
         writer.from_indexed_dataset(_CountingDataset(data, counter), chunksize=256)
     except BaseException as error:  # the real cause (e.g. "No space left on device") goes to the parent
