@@ -36,18 +36,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 
 from _common import RESULTS, command_line, write_json_atomic
 from defense import ATTACKS, DATA, Harness, log, markdown_table, summarise, write_outputs
+from gpu_backdoor import append_markdown, run_backdoor
 from gpu_prefetch import MODEL_FREE, Prefetcher, chunked, load_npz, offline_path, save_npz
 from protocols import GPU_PROTOCOLS, GpuProtocol
 
 from eclipse_loader import poisons
 from eclipse_loader.data.images import LabelledImages
-from eclipse_loader.evaluation.airbench import (autocast_factory, evaluate_tta, train_airbench,
-                                                train_airbench_victim, with_autocast)
+from eclipse_loader.evaluation.airbench import autocast_factory, train_airbench, train_airbench_victim, with_autocast
 from eclipse_loader.evaluation.defenses import (AUTO, AUTO_DESCRIPTION, CROP_FLIP, DEFENSES, Defense,
                                                 batch_transform)
 from eclipse_loader.evaluation.victim import VictimResult, resnet18_cifar, train_victim
@@ -208,46 +207,6 @@ def _cached_rem(h: GpuHarness) -> LabelledImages:
     return cached(h.workdir / "poisons" / "rem.npz", make, lambda s: h.record_timing("craft_rem_s", s))
 
 
-def run_backdoor(h: GpuHarness, attack: str) -> dict[str, Any]:
-    """DataElixir against ``attack`` at this protocol's scale (cached as backdoor-<attack>.json)."""
-    from other_defenses_backdoor import TRIGGERS, elixir_sanitize
-
-    from eclipse_loader.defenses.dataelixir import ElixirConfig
-    from eclipse_loader.denoiser.io import load_denoiser
-    from eclipse_loader.poisons.backdoors import attack_success_rate, poison_dataset
-    from eclipse_loader.purify.purifier import Purifier, PurifyConfig
-
-    path = h.workdir / f"backdoor-{attack}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    p, e, start = h.protocol, h.protocol.elixir, time.perf_counter()
-    trigger, clean_label = TRIGGERS[attack]
-    poisoned = poison_dataset(h.train, trigger, target=0, ratio=e["ratio"], clean_label=clean_label, seed=h.seed)
-
-    def fit(data: LabelledImages, seed: int) -> torch.nn.Module:
-        return with_autocast(train_airbench(data, CROP_FLIP, config=p.airbench, seed=seed, device=h.device))
-
-    def scores(model: torch.nn.Module) -> dict[str, float]:
-        return {"clean_accuracy": evaluate_tta(model.model, h.test, p.airbench.tta_level, device=h.device),
-                "attack_success_rate": attack_success_rate(model, h.test, trigger, 0)}
-
-    backdoored = fit(poisoned.data, h.victim_seed)
-    row: dict[str, Any] = {"attack": attack, "defense": "dataelixir", "no_defense": scores(backdoored)}
-    log(f"{attack}, no defence: {row['no_defense']}")
-    unet, scheduler = load_denoiser(h.denoiser(t_max=e["t_max"]))
-    purifier = Purifier(unet, scheduler, PurifyConfig(t_star=None, noise_std=e["noise_std"], steps=e["steps"],
-                                                      sampler="ddpm", seed=h.seed, bf16=h.purify_bf16,
-                                                      repair_threshold=None), device=h.device)
-    config = ElixirConfig(rounds=e["rounds"], intermediaries=e["steps"], tau=e["tau"], batch_size=e["batch_size"])
-    result, info = elixir_sanitize(poisoned, purifier, backdoored, config, lambda d: fit(d, h.seed + 7))
-    row["defended"] = scores(fit(result.data, h.victim_seed))
-    row["defense_info"] = {**info, "noise_std": e["noise_std"], "denoiser_t_max": e["t_max"]}
-    row["seconds"] = round(time.perf_counter() - start, 1)
-    log(f"{attack}, dataelixir: {row['defended']} (target found: {info.get('targets')})")
-    write_json_atomic(path, row)
-    return row
-
-
 def plan(attacks: list[str], defenses: list[str], resnet18: bool) -> list[tuple[str, str]]:
     """The cells in the order they run: the clean row, every attack undefended, then one defence at a time
     in ``defenses`` order (so a budget cut drops whole trailing columns); within a defence the GPU-crafted
@@ -282,20 +241,7 @@ def report(h: GpuHarness, attacks: list[str], defenses: list[str], args: argpars
         for name in (h.cells_path, h.timings_path):
             if name.is_file():
                 shutil.copy(name, args.copy_to / name.name)
-    with open(path.with_suffix(".md"), "a") as md:
-        md.write(f"\nDevice: {result['device_name']}. Stopped by the budget: {budget_hit}. Errors: {len(h.errors)}.\n")
-        if result["resnet18"]:
-            md.write("\nResNet-18 (paper recipe) rows, clean test accuracy (%):\n\n| attack | defence | accuracy |\n"
-                     "|---|---|---:|\n" + "".join(f"| {a} | {d} | {100 * v:.1f} |\n" for a, row in
-                                                   result["resnet18"].items() for d, v in row.items()))
-        if backdoor:
-            md.write("\nDataElixir (airbench victim; CA = clean accuracy, ASR = attack success rate, %):\n\n"
-                     "| backdoor | CA no defence | ASR no defence | CA DataElixir | ASR DataElixir | target found |\n"
-                     "|---|---:|---:|---:|---:|---|\n" + "".join(
-                         f"| {b} | {100 * r['no_defense']['clean_accuracy']:.1f} | "
-                         f"{100 * r['no_defense']['attack_success_rate']:.1f} | {100 * r['defended']['clean_accuracy']:.1f} | "
-                         f"{100 * r['defended']['attack_success_rate']:.1f} | {r['defense_info'].get('targets')} |\n"
-                         for b, r in backdoor.items()))
+    append_markdown(path.with_suffix(".md"), result, backdoor, budget_hit, len(h.errors))
     return path
 
 
