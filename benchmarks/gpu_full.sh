@@ -34,7 +34,8 @@ PY="${PYTHON:-python3}"
 mkdir -p /tmp/eclipse-site
 "$PY" -m zipfile -e .gpu/site.zip /tmp/eclipse-site || { echo "missing .gpu/site.zip (see the header)"; exit 2; }
 export PYTHONPATH="$PWD:/tmp/eclipse-site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-[ -f .gpu/cifar10.npz ] || "$PY" benchmarks/gpu_data.py unpack --parts .gpu --out .gpu/cifar10.npz || exit 2
+# (re)build the npz unless one newer than the manifest is there already (a rerun on the same warm machine)
+[ .gpu/cifar10.npz -nt .gpu/manifest.json ] || "$PY" benchmarks/gpu_data.py unpack --parts .gpu --out .gpu/cifar10.npz || exit 2
 PROTOCOL="${GPU_FULL_PROTOCOL:-gpu-full}"  # gpu-full-dry: the CPU rehearsal of this very script
 "$PY" -c "
 import sys, torch, diffusers, lightning, eclipse_loader
