@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Union
+from typing import Any, Callable, Union
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -29,34 +29,25 @@ def steps_arg(text: str) -> Union[int, str]:
     return value
 
 
-def unit_interval(text: str) -> float:
-    """argparse type of a probability in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
+def _number_type(cast: Callable[[str], Any], accept: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse ``type=``: ``cast`` the text, refuse it unless ``accept(value)``, naming ``expected``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = expected.replace(" ", "_")
+    return parse
 
 
-def non_negative_float(text: str) -> float:
-    """argparse type of a float >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0.0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type of an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+#: argparse types of the CLI's numeric options (each error names what was expected)
+unit_interval = _number_type(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+non_negative_float = _number_type(float, lambda v: v >= 0.0, "a number >= 0")
+positive_float = _number_type(float, lambda v: v > 0.0, "a number > 0")
+positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")

@@ -1,36 +1,16 @@
 """`eclipse-loader train-denoiser`: choose the sparse clean set and train the ECLIPSE denoiser on it."""
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import signal
 import sys
 import threading
+from typing import Any
 
 from ..data.sources import SOURCE_SPEC_HELP
 from ..recipes import RECIPES, get_recipe
-from . import DefaultsHelpFormatter, positive_int, unit_interval
+from . import DefaultsHelpFormatter, non_negative_int, positive_float, positive_int, unit_interval
 
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0.0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,12 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the set the victim will be scored on; the sparse set is checked for shared images")
     parser.add_argument("--overlap", choices=["refuse", "warn"], default="refuse",
                         help="what to do when the sparse set shares images with --eval-source")
-    parser.add_argument("--enlarge", type=_non_negative_int, default=0, metavar="M",
+    parser.add_argument("--enlarge", type=non_negative_int, default=0, metavar="M",
                         help="duplicate enlargement: append M plain copies of the sparse set (paper M=4; no effect "
                              "on the sampling distribution)")
     parser.add_argument("--max-steps", type=positive_int, default=20000, help="optimizer steps (paper: 250000)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per step (paper recipe: 128)")
-    parser.add_argument("--lr", type=_positive_float, default=2e-4, help="AdamW learning rate")
+    parser.add_argument("--lr", type=positive_float, default=2e-4, help="AdamW learning rate")
     parser.add_argument("--ema-decay", type=unit_interval, default=0.9999, help="EMA decay of the saved weights")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="default",
                         help="purification recipe the denoiser serves, which sets the default --t-max: "
@@ -87,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     progress.add_argument("--work-dir", default=None,
                           help="checkpoints, job.json and the CSV loss log (logs/version_N/metrics.csv); "
                                "default: OUTPUT.train beside OUTPUT")
-    progress.add_argument("--checkpoint-every", type=_non_negative_int, default=1000,
+    progress.add_argument("--checkpoint-every", type=non_negative_int, default=1000,
                           help="steps between checkpoints (0: only at the end)")
     progress.add_argument("--no-resume", action="store_true",
                           help="start afresh even if --work-dir holds a checkpoint of this job")
