@@ -58,7 +58,12 @@ def main() -> int:
               "candidates": len(candidates), "plan": selection.plan.to_dict(), "wall_minutes": round(wall / 60, 2),
               "sizes": selection.sizes, "per_candidate_seconds": {
                   r.name: round(r.offline_seconds + r.train_seconds, 1) for r in selection.results},
-              "note": "denoiser trained for only --denoiser-steps steps: timing only, the choice is meaningless"}
+              "sum_candidate_minutes": round(sum(r.offline_seconds + r.train_seconds
+                                                 for r in selection.results) / 60, 2),
+              "chosen": selection.chosen.name,
+              "note": "denoiser trained for only --denoiser-steps steps: timing only, the choice is meaningless; "
+                      "wall_minutes is this invocation's (a resumed run reuses cached candidates), "
+                      "sum_candidate_minutes the compute of every candidate over all invocations"}
     path = RESULTS / f"select-timing-cpu-quick-10k-{time.strftime('%Y-%m-%d')}.json"
     write_json_atomic(path, result)
     print(f"wall {wall / 60:.1f} min (estimate {selection.plan.estimated_minutes:.1f}, budget {args.budget_minutes}); "

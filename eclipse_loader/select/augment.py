@@ -62,9 +62,9 @@ def sharpen(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
 def dct_low_pass(images: torch.Tensor, keep: float = KEEP_FRACTION) -> torch.Tensor:
     """Keep the lowest ``int(keep * H)`` DCT rows and ``int(keep * W)`` columns of each channel; clamp to [0, 1]."""
     _, _, h, w = images.shape
-    dh, dw = dct_matrix(h, images.dtype), dct_matrix(w, images.dtype)
+    dh, dw = dct_matrix(h, images.dtype).to(images.device), dct_matrix(w, images.dtype).to(images.device)
     coeffs = dh @ images @ dw.T
-    mask = torch.zeros(h, w, dtype=images.dtype)
+    mask = torch.zeros(h, w, dtype=images.dtype, device=images.device)
     mask[: int(h * keep), : int(w * keep)] = 1.0
     return (dh.T @ (coeffs * mask) @ dw).clamp(0.0, 1.0)
 
@@ -80,7 +80,7 @@ def rsk_ff(images: torch.Tensor, generator: Optional[torch.Generator] = None, ke
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
     if kernels is None:
-        kernels = random_sharpen_kernels(len(images), generator, center_mean)
+        kernels = random_sharpen_kernels(len(images), generator, center_mean)  # drawn on the CPU, any device works
     x = images.to(torch.float64) / 255.0
     x = dct_low_pass(sharpen(x, kernels.to(x.device)), keep)
     return (x * 255.0).round().clamp(0, 255).to(torch.uint8)
