@@ -417,3 +417,36 @@ def test_purified_manifest_records_only_the_settings_in_force(tmp_path, denoiser
     meta = read_manifest(tmp_path / "p.beton")["metadata"]
     assert meta["t_star"] == 400 and meta["timesteps"] == 2 and "noise_std" not in meta["purification"]
     assert json.dumps(meta).count("0.05") == 0
+
+
+# --- the data module ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("ffcv", marks=requires_ffcv)])
+def test_datamodule_refuses_a_val_set_of_another_image_size(tmp_path, backend):
+    from eclipse_loader import EclipseDataModule
+
+    small = tmp_path / "val.npz"
+    np.savez(small, images=np.zeros((8, 16, 16, 3), np.uint8), labels=np.arange(8) % 10)
+    dm = EclipseDataModule(train="embedded:test", val=f"npz:{small}", backend=backend, cache_dir=str(tmp_path / "c"))
+    dm.prepare_data()
+    with pytest.raises(ValueError, match="16x16.*32x32"):
+        dm.setup("fit")
+
+
+_TORCH_BACKEND_NO_FFCV = """
+import sys; sys.modules['ffcv'] = None
+from eclipse_loader import EclipseDataModule
+dm = EclipseDataModule(train=sys.argv[1], backend="torch", purify=True, denoiser=sys.argv[2], cache_dir=sys.argv[3],
+                       t_star=20, purify_steps=1, batch_size=4)
+dm.prepare_data(); dm.setup("fit")
+images, labels = next(iter(dm.train_dataloader()))
+print(tuple(images.shape))
+"""
+
+
+def test_torch_backend_purifies_without_ffcv(tmp_path, denoiser, sample_npz):
+    result = subprocess.run([sys.executable, "-c", _TORCH_BACKEND_NO_FFCV, f"npz:{sample_npz}", str(denoiser),
+                             str(tmp_path / "cache")], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("(4, 3, 32, 32)")
+    assert [p.suffix for p in (tmp_path / "cache" / "purified").iterdir()] == [".npz"]

@@ -21,8 +21,8 @@ import numpy as np
 from ..data.images import LabelledImages, as_labelled_images
 from ..data.sources import load_source
 from ..loading.config import AugmentConfig
-from .lightning_loaders import (Backend, build_loader, check_channels, datamodule_recipe, ffcv_available,
-                                resolve_backend, wait_for_file)
+from .lightning_loaders import (Backend, build_loader, check_channels, check_image_sizes, datamodule_recipe,
+                                ffcv_available, resolve_backend, wait_for_file)
 
 if TYPE_CHECKING:  # the purifier imports diffusers: only when purifying
     from ..purify.purifier import PurifyConfig
@@ -160,6 +160,7 @@ class EclipseDataModule(pl.LightningDataModule):
                 # under DDP the purification runs here, on local rank zero (see `_purified_beton`)
                 purify_here = world > 1 and split == "train" and self.hparams.purify and self._local_rank() == 0
                 self._data[split] = self._materialise(split, source, write=purify_here)
+        check_image_sizes(self._data, self._sources)
 
     def train_dataloader(self) -> Any:
         previous = self._loaders.get("train")
@@ -244,7 +245,8 @@ class EclipseDataModule(pl.LightningDataModule):
 
         config = self.purify_config()
         key = cache_key(data, config, self.hparams.denoiser)
-        path = self.cache_dir / "purified" / f"{key[:24]}.beton"
+        suffix = ".beton" if self.backend == "ffcv" else ".npz"  # the torch backend needs no ffcv
+        path = self.cache_dir / "purified" / f"{key[:24]}{suffix}"
         failed = path.with_name(path.name + ".failed")
         if path.exists():
             return path

@@ -121,3 +121,21 @@ def wait_for_file(path: Path, failed: Path, poll_s: float = 5.0) -> Path:
             raise RuntimeError(f"purification on local rank zero failed: {failed.read_text()}")
         time.sleep(poll_s)
     return path
+
+
+def check_image_sizes(data: dict[str, Union[Path, LabelledImages]], sources: dict[str, Optional[str]]) -> None:
+    """Every split must hold images of the train split's size (a model sees one input size)."""
+    from ..storage.beton import read_manifest
+
+    def size(split_data: Union[Path, LabelledImages]) -> Optional[tuple[int, ...]]:
+        if isinstance(split_data, LabelledImages):
+            return tuple(split_data.image_shape)
+        shape = read_manifest(split_data).get("image_shape")
+        return tuple(shape) if shape else None
+
+    sizes = {split: size(split_data) for split, split_data in data.items()}
+    reference = sizes.get("train")
+    for split, shape in sizes.items():
+        if reference is not None and shape is not None and shape != reference:
+            raise ValueError(f"the {split} images ({sources[split]}) are {shape[0]}x{shape[1]}, the train images "
+                             f"({sources['train']}) {reference[0]}x{reference[1]}: give every split one image size")
