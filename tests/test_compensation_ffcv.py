@@ -120,6 +120,18 @@ def test_own_loader_on_a_subset_counts_each_sample_once_per_epoch(indexed_beton)
         _assert_same(_epoch(loader), _expected(images, subset, e))
 
 
+def test_ranks_count_in_disjoint_epoch_ranges(indexed_beton, monkeypatch):
+    """A sample moves between ranks under FFCV's distributed=True: rank r's passes are epochs r * 2**20 + n."""
+    from eclipse_loader.adapters.ffcv_compensation import CompensateFFCV
+    from eclipse_loader.compensation.numba_kernels import RANK_STRIDE
+
+    path, images = indexed_beton
+    monkeypatch.setenv("RANK", "3")
+    loader = _own_loader(path, CompensateFFCV(p_gray=0.4, sigma=0.05, seed=5))
+    for n in range(2):
+        _assert_same(_epoch(loader), _expected(images, list(range(N)), 3 * RANK_STRIDE + n))
+
+
 def test_outside_a_loader_without_set_epoch_is_refused():
     from ffcv.pipeline.compiler import Compiler
     from ffcv.pipeline.state import State

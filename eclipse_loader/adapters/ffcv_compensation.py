@@ -10,6 +10,7 @@ only wires them into FFCV.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -30,11 +31,15 @@ class CompensateFFCV(Operation):
     flip/translate, before ``ToTensor``. Writes into its own allocation; the input is left untouched.
 
     Epochs: FFCV tells an Operation nothing about epochs, so by default the op counts how often it has
-    processed each sample, and the n-th pass over a sample draws the corruption of epoch n; in a loader
-    that visits every sample once per epoch (any order, ``indices=``, ``distributed=True``) that is the
-    epoch number, so the corruption is redrawn every epoch without being told. `set_epoch` overrides
-    the count (`eclipse_loader.adapters.ffcv_loaders` calls it before each epoch); ``set_epoch(None)``
-    returns to counting.
+    processed each sample, and the n-th pass over a sample draws the corruption of epoch n; in a
+    single-process loader that visits every sample once per epoch (any order, ``indices=``,
+    ``drop_last=False``) that is the epoch number, so the corruption is redrawn every epoch without
+    being told, exactly as with `set_epoch`. With ``drop_last=True`` the dropped samples' counts lag
+    behind (still never the same draw twice). Under ``torch.distributed`` (or with ``RANK`` set), rank
+    r counts from ``r * 2**20``: a sample that moves between ranks never meets a draw twice either
+    (but the draws then differ from `set_epoch`'s). `set_epoch` overrides the count
+    (`eclipse_loader.adapters.ffcv_loaders` calls it before each epoch); ``set_epoch(None)`` returns
+    to counting.
 
     Args:
         p_gray: probability of turning a sample grayscale (default: the ``default`` recipe's 0.2;
@@ -48,7 +53,7 @@ class CompensateFFCV(Operation):
         super().__init__()
         check_compensation_args(p_gray, sigma, seed)
         self.p_gray, self.sigma, self.seed = float(p_gray), float(sigma), int(seed)
-        self._state = np.full(1, kernels.EPOCH_AUTO, dtype=np.int64)  # read by the kernels at run time
+        self._state = np.array([kernels.EPOCH_AUTO, 0], dtype=np.int64)  # read by the kernels at run time
         self._visits = np.zeros(0, dtype=np.int64)
         empty = np.zeros(0, np.int16)
         self._levels = noise_table.rounded_noise_table(255.0 * self.sigma) if self.sigma > 0 else empty
@@ -88,6 +93,7 @@ class CompensateFFCV(Operation):
         if self._salts is None:
             raise RuntimeError("declare_state_and_memory must run before generate_code")
         seed, p_gray, salts = self.seed, self.p_gray, self._salts
+        self._state[1] = _process_rank() * kernels.RANK_STRIDE
         state_address, _ = kernels.array_at(self._state)
         visits_address, num_visits = kernels.array_at(self._visits)
         levels_address, levels_length = kernels.array_at(self._levels)
@@ -104,3 +110,12 @@ class CompensateFFCV(Operation):
 
     def __repr__(self) -> str:
         return f"CompensateFFCV(p_gray={self.p_gray}, sigma={self.sigma}, seed={self.seed}, epoch={self.epoch})"
+
+
+def _process_rank() -> int:
+    """This process's distributed rank: torch.distributed's if initialised, else ``RANK`` (torchrun), else 0."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank())
+    return int(os.environ.get("RANK", "0") or 0)

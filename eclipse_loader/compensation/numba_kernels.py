@@ -11,7 +11,7 @@ therefore passed by address (`array_at`); the caller keeps the arrays alive.
 
 ``EPOCH_AUTO``: unless an epoch is set, each sample uses the number of times this operation has
 already processed it, so the n-th pass over a sample draws epoch n's corruption (exactly the epoch
-number when every epoch visits every sample).
+number when every epoch visits every sample; offset by `RANK_STRIDE` per distributed rank).
 """
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ from .functional import LUMA_B, LUMA_G, LUMA_HALF, LUMA_R
 from .noise_table import RUN_LENGTH, TABLE_BITS
 
 EPOCH_AUTO = -1
+RANK_STRIDE = 1 << 20
+"""Auto-mode epochs of rank r start at ``r * RANK_STRIDE``: with FFCV's ``distributed=True`` a sample
+moves between ranks from epoch to epoch, and each rank counts only its own passes, so without the
+offset two ranks could draw the same corruption for one sample in different epochs."""
 
 
 @intrinsic
@@ -104,17 +108,19 @@ def _add_clamped(values, noise, out):
 def epochs_of_batch(indices, state_address, visits_address, num_visits):
     """The epoch whose draws each sample of ``indices`` uses, counting the pass.
 
-    The state holds one int64: an epoch set with ``set_epoch`` (>= 0), or `EPOCH_AUTO`. Every call
-    increments the visit counter of each index (so the counters stay meaningful if the mode changes);
-    in auto mode the epoch is the counter before the increment.
+    The state holds two int64: an epoch set with ``set_epoch`` (>= 0) or `EPOCH_AUTO`, and the offset
+    added to counts in auto mode (`RANK_STRIDE` times the process's rank). Every call increments the
+    visit counter of each index (so the counters stay meaningful if the mode changes); in auto mode
+    the epoch is the counter before the increment, plus the offset.
     """
-    fixed = _int64_at(state_address, 1)[0]
+    state = _int64_at(state_address, 2)
+    fixed, offset = state[0], state[1]
     visits = _int64_at(visits_address, num_visits)
     epochs = np.empty(indices.shape[0], np.int64)
     for i in range(indices.shape[0]):
         index = np.int64(indices[i])
         if 0 <= index < num_visits:
-            epochs[i] = visits[index] if fixed == EPOCH_AUTO else fixed
+            epochs[i] = visits[index] + offset if fixed == EPOCH_AUTO else fixed
             visits[index] += 1
         elif fixed == EPOCH_AUTO:
             raise ValueError("CompensateFFCV: a sample index has no pass counter (the op is used outside "
