@@ -164,7 +164,9 @@ def collect_shards(work: PathLike, num_samples: int, image_shape: tuple[int, ...
             is held by more than one shard (names them and the files), or indices are missing.
     """
     files = sorted(p for p in Path(work).iterdir() if _SHARD_RE.match(p.name))
-    images = np.zeros((num_samples, *image_shape), dtype=np.uint8)
+    # filled shard by shard into a file-backed map: memory holds one shard, not the dataset
+    images = np.lib.format.open_memmap(Path(work) / "assembled.npy", mode="w+", dtype=np.uint8,
+                                       shape=(num_samples, *image_shape))
     owner = np.full(num_samples, -1, dtype=np.int64)
     duplicates: dict[int, list[str]] = {}
     for k, path in enumerate(files):
