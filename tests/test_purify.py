@@ -1,4 +1,5 @@
 """Purifier maths, determinism (batch size, kill-and-resume), cache key, and a tiny end-to-end run."""
+import dataclasses
 import math
 import os
 import signal
@@ -97,8 +98,8 @@ def test_strided_timesteps_and_config_validation():
         PurifyConfig(sampler="euler")
     with pytest.raises(ValueError, match="t_star"):
         PurifyConfig(t_star=0)
-    with pytest.raises(Exception):
-        PurifyConfig().t_star = 5  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PurifyConfig().t_star = 5  # type: ignore[misc]
 
 
 def test_rounds_instead_of_truncating():
