@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from ..data.sources import SOURCE_SPEC_HELP
-from ..recipes import RECIPES, get_recipe
-from . import DefaultsHelpFormatter, non_negative_float, positive_int, steps_arg, unit_interval
+from ..recipes import Recipe, load_recipe
+from . import DefaultsHelpFormatter, non_negative_float, positive_float, positive_int, steps_arg, unit_interval
 
 if TYPE_CHECKING:
+    from ..data.images import LabelledImages
     from ..purify.purifier import PurifyConfig
 
 
@@ -28,9 +29,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("source", help="the dataset to purify; " + SOURCE_SPEC_HELP)
     parser.add_argument("denoiser", help="denoiser directory written by `eclipse-loader train-denoiser`")
     parser.add_argument("output", help="the .beton (or .npz: no ffcv needed) file to write")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="default",
-                        help="defaults of the settings below: 'default' (outlier repair, t*=400, 2 steps) or "
-                             "'paper' (ECLIPSE as published: t*=100, full chain, no repair)")
+    parser.add_argument("--recipe", default="default",
+                        help="defaults of the settings below: 'default' (outlier repair, t*=400, 2 steps), 'paper' "
+                             "(ECLIPSE as published: t*=100, full chain, no repair), a recipe .json written by "
+                             "`eclipse-loader tune`, or 'auto' (run the selection on --trusted first)")
+    parser.add_argument("--trusted", default=None,
+                        help="with --recipe auto: the trusted clean source the selection validates on")
+    parser.add_argument("--tune-dir", default=None,
+                        help="with --recipe auto: where the selection and its report are kept (default OUTPUT.tune; "
+                             "resumable)")
+    parser.add_argument("--budget-minutes", type=positive_float, default=None,
+                        help="with --recipe auto: shrink the selection's proxy to fit this many minutes")
     parser.add_argument("--t-star", type=int, default=None, help="forward steps t* (default: the recipe's)")
     parser.add_argument("--noise-std", type=float, default=None,
                         help="forward noise std in [-1,1] units; picks t* instead of the recipe (not with --t-star)")
@@ -107,9 +116,16 @@ def _devices(value: str) -> Union[int, str]:
     return devices
 
 
-def purify_config_from_args(args: argparse.Namespace) -> PurifyConfig:
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    """The recipe named by ``--recipe`` (a name or a .json file); ``auto`` is resolved in `run`."""
+    if args.recipe == "auto":
+        raise ValueError("--recipe auto is resolved by running the selection; call resolve_recipe")
+    return load_recipe(args.recipe)
+
+
+def purify_config_from_args(args: argparse.Namespace, recipe: Optional[Recipe] = None) -> PurifyConfig:
     """The PurifyConfig of the command line: the recipe's settings, overridden by explicit flags."""
-    recipe = get_recipe(args.recipe)
+    recipe = recipe_from_args(args) if recipe is None else recipe
     if args.t_star is not None and args.noise_std is not None:
         raise ValueError("give --t-star or --noise-std, not both")
     if args.no_repair and args.repair_threshold is not None:
@@ -119,24 +135,50 @@ def purify_config_from_args(args: argparse.Namespace) -> PurifyConfig:
         noise_std=args.noise_std, sampler=args.sampler, seed=args.seed, noise_rng=args.noise_rng, bf16=args.bf16)
 
 
-def preview_settings(args: argparse.Namespace) -> tuple[float, float]:
+def preview_settings(args: argparse.Namespace, recipe: Recipe) -> tuple[float, float]:
     """``(p_gray, sigma)`` of the preview's compensated row: the flags', else the recipe's."""
-    recipe = get_recipe(args.recipe)
     return (recipe.p_gray if args.p_gray is None else args.p_gray,
             recipe.sigma if args.sigma is None else args.sigma)
+
+
+def resolve_recipe(args: argparse.Namespace, data: LabelledImages) -> Recipe:
+    """The recipe in force: ``--recipe auto`` runs the selection (`eclipse_loader.select.api.tune`) on
+    ``--trusted`` with this denoiser and prints its table; anything else is `recipe_from_args`."""
+    if args.recipe != "auto":
+        if args.trusted is not None:
+            raise ValueError("--trusted is used only with --recipe auto")
+        return recipe_from_args(args)
+    if args.trusted is None:
+        raise ValueError("--recipe auto needs --trusted SOURCE (the trusted clean images to validate on)")
+    from ..data.sources import load_source
+    from ..select.api import tune
+
+    tune_dir = args.tune_dir or f"{args.output}.tune"
+    recipe, _, paths = tune(data, load_source(args.trusted), args.denoiser, tune_dir, seed=args.seed,
+                            budget_minutes=args.budget_minutes, log=print)
+    print(paths["markdown"].read_text() if "markdown" in paths else f"selection written to {tune_dir}")
+    return recipe
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data.sources import load_source
     from ..purify.run import purify_dataset
 
-    config = purify_config_from_args(args)
-    p_gray, sigma = preview_settings(args)
+    if args.recipe != "auto":
+        purify_config_from_args(args)  # a bad flag or recipe fails before the data is read
     if args.preview is not None:
         from ..storage.output import check_output
 
         check_output(args.preview, what="--preview")
     data = load_source(args.source)
+    recipe = resolve_recipe(args, data)
+    config = purify_config_from_args(args, recipe)
+    p_gray, sigma = preview_settings(args, recipe)
+    original = data
+    if recipe.grayscale or recipe.jpeg_quality is not None or not recipe.purification:
+        data, config = _offline_steps(recipe, data, config)
+    if not recipe.purification:
+        return _write_unpurified(args, data, original, p_gray, sigma)
     if _is_distributed(args):
         if args.device is not None:
             raise ValueError("--device selects the single-process path; with --devices/--num-nodes/--strategy "
@@ -158,11 +200,53 @@ def run(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device,
                              progress=not args.no_progress, also_npz=args.npz, keep_work=args.keep_work)
     print(f"purified {len(data)} images to {out}")
-    if args.preview:
-        from ..purify.preview import save_preview
-
-        purified = load_source(str(out), num_classes=data.num_classes).images
-        path = save_preview(data.images, purified, args.preview, count=args.preview_count, p_gray=p_gray,
-                            sigma=sigma, seed=args.seed)
-        print(f"preview written to {path}")
+    _preview(args, original, out, p_gray, sigma)
     return 0
+
+
+def _offline_steps(recipe: Recipe, data: LabelledImages, config: PurifyConfig) -> tuple[LabelledImages, PurifyConfig]:
+    """A tuned recipe's steps before the diffusion (repair, grayscale, JPEG), in the order the selection
+    measured; the purifier then runs without its own repair."""
+    from dataclasses import replace
+
+    from ..select.offline import recipe_before_purification
+
+    before = replace(recipe, repair_threshold=config.repair_threshold)
+    return recipe_before_purification(before, data), replace(config, repair_threshold=None)
+
+
+def _write_unpurified(args: argparse.Namespace, data: LabelledImages, original: LabelledImages, p_gray: float,
+                      sigma: float) -> int:
+    """A recipe without purification: its offline steps only, written to OUTPUT (.beton or .npz)."""
+    from pathlib import Path
+
+    from ..storage.beton import write_beton
+
+    out = Path(args.output)
+    if out.suffix == ".npz":
+        import numpy as np
+
+        from ..storage.output import check_output, temporary_path
+
+        check_output(out, data.images.nbytes)
+        tmp = temporary_path(out)
+        with open(tmp, "wb") as f:
+            np.savez(f, images=data.images, labels=data.labels)
+        tmp.replace(out)
+    else:
+        write_beton(out, data, metadata={"source": args.source, "recipe": args.recipe}, progress=not args.no_progress)
+    print(f"the recipe does not purify: wrote {len(data)} images (its offline steps only) to {out}")
+    _preview(args, original, out, p_gray, sigma)
+    return 0
+
+
+def _preview(args: argparse.Namespace, original: LabelledImages, out: object, p_gray: float, sigma: float) -> None:
+    if not args.preview:
+        return
+    from ..data.sources import load_source
+    from ..purify.preview import save_preview
+
+    purified = load_source(str(out), num_classes=original.num_classes).images
+    path = save_preview(original.images, purified, args.preview, count=args.preview_count, p_gray=p_gray,
+                        sigma=sigma, seed=args.seed)
+    print(f"preview written to {path}")

@@ -1,0 +1,65 @@
+"""`purify --recipe NAME|FILE|auto`: a tuned recipe file is applied as the selection measured it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from eclipse_loader.cli import main
+from eclipse_loader.data.embedded import load_embedded
+from eclipse_loader.denoiser import build_scheduler, build_unet, save_denoiser
+from eclipse_loader.recipes import DEFAULT_RECIPE, save_recipe
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipes")
+    torch.manual_seed(0)
+    den = save_denoiser(build_unet("tiny"), build_scheduler(), root / "den")
+    data = load_embedded("test")
+    np.savez(root / "in.npz", images=data.images[:8], labels=data.labels[:8])
+    return root, den
+
+
+def test_recipe_file_without_purification_writes_its_offline_steps(setup, tmp_path, capsys):
+    root, den = setup
+    recipe = save_recipe(DEFAULT_RECIPE.with_overrides(purification=False, grayscale=True),
+                         tmp_path / "recipe.json")
+    assert main(["purify", f"npz:{root / 'in.npz'}", str(den), str(tmp_path / "out.npz"), "--recipe", str(recipe),
+                 "--no-progress"]) == 0
+    with np.load(tmp_path / "out.npz") as archive:
+        images = archive["images"]
+    assert images.shape == (8, 32, 32, 3)
+    assert (images[..., 0] == images[..., 1]).all() and (images[..., 1] == images[..., 2]).all()  # grayscale
+    assert "does not purify" in capsys.readouterr().out
+
+
+def test_recipe_file_with_purification_runs_the_purifier(setup, tmp_path):
+    root, den = setup
+    recipe = save_recipe(DEFAULT_RECIPE.with_overrides(t_star=20, purify_steps=1, denoiser_t_max=19),
+                         tmp_path / "recipe.json")
+    assert main(["purify", f"npz:{root / 'in.npz'}", str(den), str(tmp_path / "out.npz"), "--recipe", str(recipe),
+                 "--no-progress"]) == 0
+    with np.load(root / "in.npz") as src, np.load(tmp_path / "out.npz") as out:
+        assert (src["images"] != out["images"]).mean() > 0.1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--recipe", "auto"], "--recipe auto needs --trusted"),
+    (["--trusted", "embedded:trusted"], "only with --recipe auto"),
+    (["--recipe", "nope"], "unknown recipe 'nope'"),
+])
+def test_recipe_errors_are_one_line(setup, tmp_path, capsys, args, message):
+    root, den = setup
+    code = main(["purify", f"npz:{root / 'in.npz'}", str(den), str(tmp_path / "out.npz"), *args, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_damaged_recipe_file_is_one_line(setup, tmp_path, capsys):
+    root, den = setup
+    bad = tmp_path / "recipe.json"
+    bad.write_text("{ nope")
+    code = main(["purify", f"npz:{root / 'in.npz'}", str(den), str(tmp_path / "out.npz"), "--recipe", str(bad)])
+    assert code == 2 and str(bad) in capsys.readouterr().err and list(tmp_path.iterdir()) == [bad]
