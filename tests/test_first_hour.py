@@ -202,6 +202,19 @@ def test_read_only_output_folder_is_one_line(tmp_path, capsys):
     assert code == 2 and str(ro) in one_error_line(err)
 
 
+def test_unwritable_output_folder_fails_first_even_as_root(tmp_path, monkeypatch, capsys):
+    import errno
+    import tempfile
+
+    def refuse(*args, **kwargs):  # what a read-only folder answers a non-root user
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)
+    code, err = run_cli(["write-beton", "embedded:test", tmp_path / "x.beton"], capsys)
+    assert code == 2 and "Permission denied" in one_error_line(err) and str(tmp_path) in err
+    assert list(tmp_path.iterdir()) == []
+
+
 @requires_ffcv
 def test_second_writer_is_told_who_holds_the_lock(tmp_path, denoiser, sample_npz, capsys):
     from eclipse_loader.storage.output import output_lock
