@@ -261,6 +261,8 @@ def loader_profile(batch: int, threads: int, images_count: int) -> dict[str, Any
             "compensation_noise_only": CompensateFFCV(0.0, 0.05, seed=0),
         }
         for name, op in ops.items():
+            if name.startswith("compensation"):
+                op.set_epoch(0)  # compiled by hand, outside a Loader: no pass counters
             fn, dst_shape = _compiled_op(op, (32, 32, 3))
             dst = np.empty((batch, *dst_shape), np.uint8)
             src = x.copy()
