@@ -8,7 +8,8 @@ bit for bit, and every draw stays a pure function of ``(seed, epoch, sample inde
   (`table_position_order`, a Feistel bijection). Nothing random goes into it: every process builds
   the same table (Wichura's AS241, as in ``statistics.NormalDist.inv_cdf``, ~1e-16, in ~0.1 s), and a
   golden-value test pins its checksum. As a sample of N(0, 1) it has mean 0 (exactly: it is symmetric), variance
-  0.99997, kurtosis 2.9996 and a Kolmogorov-Smirnov distance of ``0.5 / 2**20`` (5e-7) from N(0, 1);
+  0.999999, kurtosis 2.99994 and a Kolmogorov-Smirnov distance of 4.9e-7 (``0.5 / 2**20`` is the least
+  possible) from N(0, 1);
   it is truncated at |z| = 4.90 (N(0, 1) exceeds that with probability 1e-6).
 * **The draws**: the values of an image, numbered ``j`` in HWC order, are cut into runs of
   `RUN_LENGTH` (64). Run ``r`` of the sample with key ``key`` reads 64 consecutive table entries
