@@ -10,6 +10,7 @@ import torch
 from torchvision.utils import save_image
 
 from ..compensation.transform import CorruptionCompensation
+from ..recipes import DEFAULT_RECIPE
 
 PathLike = Union[str, os.PathLike]
 
@@ -21,8 +22,8 @@ def save_preview(
     *,
     indices: Optional[Sequence[int]] = None,
     count: int = 8,
-    p_gray: float = 0.4,
-    sigma: float = 0.05,
+    p_gray: float = DEFAULT_RECIPE.p_gray,
+    sigma: float = DEFAULT_RECIPE.sigma,
     seed: int = 0,
     upscale: int = 2,
 ) -> Path:
