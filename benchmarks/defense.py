@@ -444,6 +444,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true",
                         help="write the JSON/markdown/plot from the cells already in --workdir; run nothing")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--data", type=Path, default=DATA,
+                        help="CIFAR-10-layout npz (train_x/train_y/test_x/test_y; default ../shared/data/cifar10.npz)")
     args = parser.parse_args(argv)
     # the command that reproduces the table (a --report-only rerun only re-renders it)
     args.command_line = command_line().replace(" --report-only", "")
@@ -471,7 +473,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise SystemExit(f"unknown {name}(s) {unknown}; choose from {list(known)}")
     started = time.perf_counter()
     harness = Harness(protocol, args.workdir or Path("bench-work") / f"defense-{protocol.name}", args.device, args.seed,
-                      victim_seed=args.victim_seed)
+                      victim_seed=args.victim_seed, data=args.data)
     log(f"protocol {protocol.name}: {len(harness.train)} training, {len(harness.sparse)} sparse, "
         f"{len(harness.test)} test images; {len(harness.cells)} cells already done")
     adaptive_defenses = [d for d in args.adaptive_defenses.split(",") if d in defenses]

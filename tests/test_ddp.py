@@ -42,7 +42,7 @@ def test_purify_under_ddp_completes_and_shards_the_purified_data(tmp_path, cifar
     result = subprocess.run([sys.executable, str(SCRIPT), str(npz), str(tmp_path), "torch", str(denoiser)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(list((tmp_path / "cache" / "purified").glob("*.beton"))) == 1
+    assert len(list((tmp_path / "cache" / "purified").glob("*.npz"))) == 1  # the torch backend's cache
     seen = [set(map(int, (tmp_path / f"rank{r}.txt").read_text().split())) for r in range(2)]
     assert seen[0] | seen[1] == set(range(n)) and not seen[0] & seen[1]
 

@@ -10,9 +10,17 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "defense.py"
 
 
 def _run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    data = tmp_path / "cifar-layout.npz"  # the embedded sample in the full archive's layout: no ../shared needed
+    if not data.exists():
+        import numpy as np
+
+        from .conftest import embedded_cifar
+
+        np.savez(data, **embedded_cifar())
     return subprocess.run(
         [sys.executable, str(SCRIPT), "--protocol", "smoke", "--attacks", "ops,lsp", "--defenses", "none,eclipse",
-         "--adaptive", "", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *extra],
+         "--adaptive", "", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--data", str(data),
+         *extra],
         capture_output=True, text=True, timeout=600)
 
 
