@@ -23,7 +23,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:-run}"
-OUT="${OUT:-/tmp/gpu-full-out}"
+OUT="${OUT:-$PWD/.gpu/out}"  # the device tool sets $OUT; results come back from there
 mkdir -p "$OUT"
 echo "[gpu_full.sh] $(date -u +%FT%TZ) mode=$MODE on $(hostname)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
@@ -31,9 +31,10 @@ ls -la .gpu 2>/dev/null || echo "no .gpu folder yet"
 if [ "$MODE" = receive ]; then exit 0; fi
 
 PY="${PYTHON:-python3}"
-mkdir -p /tmp/eclipse-site
-"$PY" -m zipfile -e .gpu/site.zip /tmp/eclipse-site || { echo "missing .gpu/site.zip (see the header)"; exit 2; }
-export PYTHONPATH="$PWD:/tmp/eclipse-site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+SITE="$PWD/.gpu/site"  # diffusers, unpacked beside the data (the device has no network)
+mkdir -p "$SITE"
+"$PY" -m zipfile -e .gpu/site.zip "$SITE" || { echo "missing .gpu/site.zip (see the header)"; exit 2; }
+export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # (re)build the npz unless one newer than the manifest is there already (a rerun on the same warm machine)
 [ .gpu/cifar10.npz -nt .gpu/manifest.json ] || "$PY" benchmarks/gpu_data.py unpack --parts .gpu --out .gpu/cifar10.npz || exit 2
 PROTOCOL="${GPU_FULL_PROTOCOL:-gpu-full}"  # gpu-full-dry: the CPU rehearsal of this very script

@@ -1,6 +1,6 @@
 """Shared fixtures: the embedded CIFAR-10 sample (shipped with the package) and tiny betons.
 
-Tests never read ``../shared``: a fresh clone has none beside it. ``cifar`` is the embedded sample in
+Tests never read the project's shared data folder: a fresh clone has none beside it. ``cifar`` is the embedded sample in
 the layout of the full archive: ``train_x`` = its 2,000 train + 500 trusted images, ``test_x`` = its
 500 test images (uint8 NHWC, labels int64).
 """

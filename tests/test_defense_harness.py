@@ -10,7 +10,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "defense.py"
 
 
 def _run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
-    data = tmp_path / "cifar-layout.npz"  # the embedded sample in the full archive's layout: no ../shared needed
+    data = tmp_path / "cifar-layout.npz"  # the embedded sample in the full archive's layout
     if not data.exists():
         import numpy as np
 
