@@ -463,3 +463,8 @@ def test_torch_backend_purifies_without_ffcv(tmp_path, denoiser, sample_npz):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("(4, 3, 32, 32)")
     assert [p.suffix for p in (tmp_path / "cache" / "purified").iterdir()] == [".npz"]
+
+
+def test_npz_output_with_npz_copy_is_refused(tmp_path, denoiser, sample_npz, capsys):
+    code, err = run_cli(purify_args(sample_npz, denoiser, tmp_path / "p.npz", "--npz", tmp_path / "q.npz"), capsys)
+    assert code == 2 and "already an .npz" in one_error_line(err) and list(tmp_path.iterdir()) == []

@@ -184,6 +184,8 @@ def purify_dataset(
         raise ValueError("nothing to purify: the dataset is empty")
     out_beton = Path(out_beton)
     npz_only = out_beton.suffix == ".npz"
+    if npz_only and also_npz is not None:
+        raise ValueError(f"the output {out_beton} is already an .npz: also_npz (--npz) is for a .beton output")
     if not npz_only:
         require_ffcv()
     needed = data.images.nbytes + 8 * len(data)
