@@ -21,7 +21,8 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import Convert, RandomHorizontalFlip, RandomTranslate, Squeeze, ToDevice, ToTensor, ToTorchImage
 from torchvision.transforms import Normalize
 
-from ..loading.config import AugmentConfig, usable_cores
+from ..loading.config import AugmentConfig
+from ..machine import usable_cores
 from ..loading.torch_loader import EpochSampler
 from ..storage.beton import check_beton
 from ..storage.ffcv_epochs import POLL_S, LoaderThreadError, WatchedEpochIterator, start_epoch  # noqa: F401 (re-exported)

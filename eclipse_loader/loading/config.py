@@ -6,6 +6,7 @@ from typing import Optional
 
 from ..compensation.params import check_compensation_args
 from ..recipes import DEFAULT_RECIPE
+from ..machine import usable_cores  # noqa: F401 (re-exported: its home before eclipse_loader.machine)
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,3 @@ class AugmentConfig:
         mean = self.mean or (0.0, 0.0, 0.0)
         std = self.std or (1.0, 1.0, 1.0)
         return tuple(255.0 * m for m in mean), tuple(255.0 * s for s in std)
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

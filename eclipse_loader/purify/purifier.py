@@ -31,6 +31,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from ..recipes import DEFAULT_RECIPE
+from .batch_invariance import make_batch_invariant
 from .noise import counter_normal
 from .outliers import repair_isolated_pixels
 
@@ -149,45 +150,6 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     """float NCHW in [-1, 1] -> uint8 NHWC, clipped and rounded to nearest."""
     y = ((x.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return y.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _rowwise_linear_hook(module: torch.nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> Any:
-    x = inputs[0]
-    if x.ndim != 2:
-        return None
-    unique, inverse = torch.unique(x, dim=0, return_inverse=True)
-    rows = torch.cat([torch.nn.functional.linear(row[None], module.weight, module.bias) for row in unique])
-    return rows[inverse].to(output.dtype)
-
-
-def _contiguous_input_hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
-    return tuple(x.contiguous() if isinstance(x, torch.Tensor) else x for x in inputs)
-
-
-def make_batch_invariant(unet: torch.nn.Module) -> list[Any]:
-    """Hook ``unet`` so a sample's result does not depend on what else is in its batch.
-
-    * ``Linear`` on 2-D inputs: computed one distinct row at a time (GEMM rounding depends on the
-      row count).
-    * ``GroupNorm`` and ``Conv2d``: input made NCHW-contiguous first. oneDNN convolutions return
-      channels-last tensors, torch's channels-last GroupNorm splits work across threads by batch
-      size, and diffusers' ``Upsample2D`` changes the memory format only for batches >= 64, which
-      makes the next convolution choose another algorithm.
-
-    Returns the hook handles (call ``.remove()`` on each to undo). Idempotent per module.
-    """
-    handles = []
-    for module in unet.modules():
-        if getattr(module, "_eclipse_invariant", False):
-            continue
-        if isinstance(module, torch.nn.Linear):
-            handles.append(module.register_forward_hook(_rowwise_linear_hook))
-        elif isinstance(module, (torch.nn.GroupNorm, torch.nn.Conv2d)):
-            handles.append(module.register_forward_pre_hook(_contiguous_input_hook))
-        else:
-            continue
-        module._eclipse_invariant = True  # type: ignore[assignment]
-    return handles
 
 
 class Purifier:

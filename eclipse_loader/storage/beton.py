@@ -1,4 +1,7 @@
-"""Write and read FFCV ``.beton`` files with the fields ``image`` (RGBImageField) and ``label`` (IntField).
+"""Write FFCV ``.beton`` files with the fields ``image`` (RGBImageField) and ``label`` (IntField).
+
+Reading and checking live in `eclipse_loader.storage.reader`, the manifest and errors in
+`eclipse_loader.storage.format`; both are re-exported here, the module users import.
 
 This layout is exactly what FFCV's own CIFAR example reads. The writer guards against FFCV's known
 failure modes: the data is validated before anything is written (`LabelledImages`), the file is
@@ -8,7 +11,6 @@ child process under a watchdog, because it spins forever when one of its workers
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -16,49 +18,28 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Union
+from typing import Any, Iterator, Literal, Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from ..data.images import LabelledImages
-from ..errors import MissingExtraError
-from ..loading.config import usable_cores
+from ..machine import usable_cores
+from .format import (FFCV_EXTRA_HINT, MANIFEST_SUFFIX, DamagedBetonError, PathLike, manifest_path,  # noqa: F401
+                     read_manifest, require_ffcv)
 from .output import check_output, lock_files, output_lock, remove_stale_temporaries, temporary_path
+from .reader import check_beton, read_beton  # noqa: F401 (re-exported)
 
 WriteMode = Literal["raw", "jpg", "smart", "proportion"]
 WRITE_MODES = ("raw", "jpg", "smart", "proportion")
-PathLike = Union[str, os.PathLike]
-MANIFEST_SUFFIX = ".json"
 
 
-FFCV_EXTRA_HINT = ("ffcv is not installed: pip install 'eclipse-loader[ffcv]' (it builds from source and needs "
-                   "apt-get install pkg-config libturbojpeg0-dev libopencv-dev)")
 # above this, store per-class counts sparsely (a dense list would be as long as the class count)
 _DENSE_COUNTS_LIMIT = 100_000
 
 
 class BetonWriteError(RuntimeError):
     """FFCV could not write the file; no output was left behind."""
-
-
-class DamagedBetonError(ValueError):
-    """A beton file that is truncated, damaged or not a beton at all; the message names the file."""
-
-
-def require_ffcv() -> None:
-    """Raise `MissingExtraError` (one line naming the extra to install) when ffcv cannot be imported."""
-    try:
-        found = importlib.util.find_spec("ffcv") is not None
-    except (ImportError, ValueError):  # a module set to None in sys.modules, or a broken install
-        found = False
-    if not found:
-        raise MissingExtraError(FFCV_EXTRA_HINT)
-
-
-def manifest_path(beton: PathLike) -> Path:
-    """Where the JSON manifest written next to a beton lives (``<name>.beton.json``)."""
-    return Path(str(beton) + MANIFEST_SUFFIX)
 
 
 def write_beton(
@@ -270,75 +251,3 @@ def _manifest_text(data: LabelledImages, write_mode: str, metadata: Optional[dic
         "metadata": metadata or {},
     }
     return json.dumps(manifest, indent=2, sort_keys=True)
-
-
-def read_manifest(path: PathLike) -> dict[str, Any]:
-    """The manifest written next to a beton by `write_beton` (``{}`` when there is none)."""
-    mpath = manifest_path(path)
-    return json.loads(mpath.read_text()) if mpath.exists() else {}
-
-
-def check_beton(path: PathLike) -> Path:
-    """Check that ``path`` is a complete beton (header, field table, sample metadata, allocation table
-    and every sample's bytes inside the file); returns it.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        DamagedBetonError: the file is truncated, damaged or not a beton; the message names it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no beton at {path}" + (" (it is a directory)" if path.is_dir() else ""))
-    require_ffcv()
-    from ffcv.reader import Reader
-    from ffcv.types import HeaderType
-
-    size = path.stat().st_size
-    if size < HeaderType.itemsize:
-        raise DamagedBetonError(f"{path} is damaged or not a beton: {size} bytes, shorter than a beton header")
-    try:
-        reader = Reader(str(path))
-    except Exception as error:  # FFCV raises AssertionError/ValueError/IndexError/... on a bad file
-        raise DamagedBetonError(f"{path} is damaged or not a beton ({type(error).__name__}: {error})") from None
-    table = reader.alloc_table
-    problem = None
-    if len(reader.metadata) != reader.num_samples or reader.num_samples < 1:
-        problem = f"{len(reader.metadata)} sample records for {reader.num_samples} samples"
-    elif len(table) and int((table["ptr"].astype(np.int64) + table["size"].astype(np.int64)).max()) > size:
-        problem = "sample data extends past the end of the file (truncated)"
-    elif int(reader.header["alloc_table_ptr"]) > size:
-        problem = "its allocation table lies past the end of the file (truncated)"
-    if problem:
-        raise DamagedBetonError(f"{path} is damaged: {problem}; write it again")
-    return path
-
-
-def read_beton(path: PathLike, num_classes: Optional[int] = None) -> LabelledImages:
-    """Read a whole (image, label) beton into memory, in stored order (for checks and small data).
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        DamagedBetonError: the file is truncated or damaged (checked by `check_beton` before reading).
-    """
-    path = check_beton(path)
-    from ffcv.fields.basics import IntDecoder
-    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
-    from ffcv.loader import Loader, OrderOption
-
-    images, labels = [], []
-    try:
-        loader = Loader(
-            str(path), batch_size=512, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
-            pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]},
-        )
-        from .ffcv_epochs import start_epoch  # a dead worker thread raises instead of hanging
-
-        for batch_images, batch_labels in start_epoch(loader):
-            images.append(np.array(batch_images))
-            labels.append(np.array(batch_labels).reshape(-1))
-    except (KeyError, ValueError, IndexError, AssertionError) as error:
-        raise DamagedBetonError(f"{path} cannot be read as an (image, label) beton "
-                                f"({type(error).__name__}: {error})") from None
-    label_array = np.concatenate(labels).astype(np.int64)
-    classes = num_classes or read_manifest(path).get("num_classes") or int(label_array.max()) + 1
-    return LabelledImages(np.concatenate(images), label_array, int(classes))
