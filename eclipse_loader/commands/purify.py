@@ -224,15 +224,10 @@ def _write_unpurified(args: argparse.Namespace, data: LabelledImages, original: 
 
     out = Path(args.output)
     if out.suffix == ".npz":
-        import numpy as np
-
-        from ..storage.output import check_output, temporary_path
+        from ..storage.output import check_output, save_npz
 
         check_output(out, data.images.nbytes)
-        tmp = temporary_path(out)
-        with open(tmp, "wb") as f:
-            np.savez(f, images=data.images, labels=data.labels)
-        tmp.replace(out)
+        save_npz(out, images=data.images, labels=data.labels)
     else:
         write_beton(out, data, metadata={"source": args.source, "recipe": args.recipe}, progress=not args.no_progress)
     print(f"the recipe does not purify: wrote {len(data)} images (its offline steps only) to {out}")

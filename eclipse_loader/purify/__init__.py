@@ -5,8 +5,8 @@ diffusion stack (diffusers).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports
+
 
 _LAZY = {
     "Purifier": "eclipse_loader.purify.purifier",
@@ -18,13 +18,4 @@ _LAZY = {
     "purify_dataset": "eclipse_loader.purify.run",
 }
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'eclipse_loader.purify' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

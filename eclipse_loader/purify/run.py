@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..data.images import LabelledImages
 from ..denoiser.io import check_serves_t_star, denoiser_hash, load_denoiser
 from ..storage.beton import read_manifest, require_ffcv, write_beton
-from ..storage.output import check_output, output_lock, remove_stale_temporaries, temporary_path
+from ..storage.output import check_output, output_lock, remove_stale_temporaries, save_npz, temporary_path
 from .purifier import NonFiniteOutputError, Purifier, PurifyConfig
 from .workdir import open_work_dir, remove_job_files
 
@@ -213,10 +213,10 @@ def purify_dataset(
         purified = _assemble(work, _chunk_ranges(len(data), chunk), data.image_shape)
         result = LabelledImages(purified, data.labels.copy(), data.num_classes)
         if npz_only:
-            _write_npz(out_beton, result, key)
+            save_npz(out_beton, images=result.images, labels=result.labels, cache_key=np.array(key))
         else:
             if also_npz is not None:
-                _write_npz(Path(also_npz), result, key)
+                save_npz(also_npz, images=result.images, labels=result.labels, cache_key=np.array(key))
             write_beton(out_beton, result, metadata=purification_metadata(purifier, denoiser_dir, key),
                         progress=progress, lock=False)
         if not keep_work:
@@ -285,14 +285,3 @@ def _assemble(work: Path, ranges: list[tuple[int, int]], shape: tuple[int, ...])
         out[a:b] = array
     out.flush()
     return np.load(path, mmap_mode="r")
-
-
-def _write_npz(path: Path, data: LabelledImages, key: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, images=data.images, labels=data.labels, cache_key=np.array(key))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

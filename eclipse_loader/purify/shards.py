@@ -236,10 +236,7 @@ def assemble_beton(
         )
     result = LabelledImages(collect_shards(work, len(data), data.image_shape), data.labels.copy(), data.num_classes)
     if also_npz is not None:
-        npz = Path(also_npz)
-        npz.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp_name(npz)
-        with open(tmp, "wb") as f:
-            np.savez(f, images=result.images, labels=result.labels)
-        os.replace(tmp, npz)
+        from ..storage.output import save_npz
+
+        save_npz(also_npz, tag=f"{socket.gethostname()}-{os.getpid()}", images=result.images, labels=result.labels)
     return write_beton(out_beton, result, metadata=metadata, progress=progress)

@@ -7,8 +7,8 @@ report (JSON, markdown, PNG). Names are imported lazily so ``import eclipse_load
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports
+
 
 _LAZY = {
     "Candidate": "eclipse_loader.select.candidates",
@@ -23,13 +23,4 @@ _LAZY = {
     "write_report": "eclipse_loader.select.report",
 }
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'eclipse_loader.select' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

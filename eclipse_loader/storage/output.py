@@ -12,7 +12,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 # headroom on top of the pixel bytes: FFCV's page alignment, its index table, the manifest
@@ -28,6 +28,23 @@ def temporary_path(path: PathLike, tag: Optional[str] = None) -> Path:
     """The temporary name ``path`` is written under before the rename (``.NAME.tmp-PID``)."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{tag or os.getpid()}")
+
+
+def save_npz(path: PathLike, tag: Optional[str] = None, **arrays: Any) -> Path:
+    """Write ``arrays`` to ``path`` as an uncompressed ``.npz`` through `temporary_path` (``tag`` names the
+    writer; default: this pid), renamed into place when complete; nothing is left behind on failure."""
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path, tag)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def check_output(path: PathLike, needed_bytes: int = 0, what: str = "output") -> Path:
