@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from ..data.images import LabelledImages
-from ..purify.purifier import Purifier, sample_seed, to_model_range, to_uint8
+from ..data.pixels import to_model_range, to_uint8
+from ..purify.purifier import Purifier, sample_seed
 from .elixir_analysis import CASE_A, CASE_B, CASE_C, TargetDetection, classify_transitions, detect_targets
 from .similarity import select_candidate
 

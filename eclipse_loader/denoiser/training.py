@@ -26,7 +26,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..data.images import LabelledImages
-from ..purify.purifier import to_model_range  # the same [-1, 1] scaling the purifier feeds the U-Net
+from ..data.pixels import to_model_range  # the same [-1, 1] scaling the purifier feeds the U-Net
 from .io import save_denoiser
 from .resume import CHECKPOINT_DIR, LAST_CHECKPOINT, open_training_work_dir
 from .training_callbacks import StepTimer, checkpoints_and_logs

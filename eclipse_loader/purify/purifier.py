@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
+from ..data.pixels import to_model_range, to_uint8  # re-exported: older code imports them from here
 from ..recipes import DEFAULT_RECIPE
 from .batch_invariance import make_batch_invariant
 from .noise import counter_normal
@@ -138,18 +139,6 @@ def sample_seed(seed: int, index: int) -> int:
     """Seed of sample ``index``'s generator: a 63-bit hash of ``(seed, index)``."""
     state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
-
-
-def to_model_range(images: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC -> float32 NCHW in [-1, 1]."""
-    x = torch.from_numpy(np.require(images, requirements=["C", "W"])).permute(0, 3, 1, 2).float()  # a read-only map: copied
-    return x / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float NCHW in [-1, 1] -> uint8 NHWC, clipped and rounded to nearest."""
-    y = ((x.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return y.permute(0, 2, 3, 1).cpu().numpy()
 
 
 class Purifier:
