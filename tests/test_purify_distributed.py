@@ -52,7 +52,7 @@ elif sys.argv[2] == "api":
     src, den, beton, work, devices = sys.argv[3:8]
     purify_distributed(load_source(src), den, beton, config=config, work_dir=work,
                        batch_size=%(batch)d, accelerator="cpu", devices=int(devices), strategy="ddp",
-                       progress=False, assemble=False)
+                       progress=False, mode="shards_only")
 else:
     from eclipse_loader.cli import main
     sys.exit(main(sys.argv[2:]))

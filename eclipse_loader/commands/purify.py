@@ -91,8 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dist.add_argument("--num-workers", type=int, default=argparse.SUPPRESS,
                       help="DataLoader workers per rank (default 0)")
     stage = dist.add_mutually_exclusive_group()
-    stage.add_argument("--no-assemble", action="store_true", help="only write the shards (assemble later)")
-    stage.add_argument("--assemble-only", action="store_true",
+    stage.add_argument("--no-assemble", dest="mode", action="store_const", const="shards_only", default="full",
+                       help="only write the shards (assemble later)")
+    stage.add_argument("--assemble-only", dest="mode", action="store_const", const="assemble_only", default="full",
                        help="start no workers: assemble the finished shards into OUTPUT on this host")
     parser.set_defaults(func=run)
 
@@ -101,7 +102,7 @@ DISTRIBUTED_FLAGS = ("devices", "num_nodes", "strategy", "accelerator", "num_wor
 
 
 def _is_distributed(args: argparse.Namespace) -> bool:
-    return any(hasattr(args, name) for name in DISTRIBUTED_FLAGS) or args.no_assemble or args.assemble_only
+    return any(hasattr(args, name) for name in DISTRIBUTED_FLAGS) or args.mode != "full"
 
 
 def _devices(value: str) -> Union[int, str]:
@@ -190,9 +191,7 @@ def run(args: argparse.Namespace) -> int:
             shard_size=args.chunk_size, accelerator=getattr(args, "accelerator", "auto"),
             devices=_devices(getattr(args, "devices", "auto")), num_nodes=getattr(args, "num_nodes", 1),
             strategy=getattr(args, "strategy", "ddp"), num_workers=getattr(args, "num_workers", 0),
-            progress=not args.no_progress, also_npz=args.npz, keep_work=args.keep_work, assemble=not args.no_assemble,
-            assemble_only=args.assemble_only,
-        )
+            progress=not args.no_progress, also_npz=args.npz, keep_work=args.keep_work, mode=args.mode)
         if out is None:  # a rank other than global 0, or --no-assemble
             return 0
     else:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import lightning.pytorch as pl
 import numpy as np
@@ -35,9 +35,14 @@ from ..storage.output import check_output
 from .purifier import Purifier, PurifyConfig
 from .run import cache_key, purification_metadata
 from .shards import assemble_beton, pending_blocks, prepare_job, save_shard
+from .workdir import remove_job_files
 
 PathLike = Union[str, os.PathLike]
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork")
+# "full": purify the missing shards, then assemble; "shards_only": stop after the shards (assemble later);
+# "assemble_only": start no Trainer, assemble the finished shards
+Mode = Literal["full", "shards_only", "assemble_only"]
+MODES = ("full", "shards_only", "assemble_only")
 _log = logging.getLogger(__name__)
 
 
@@ -164,8 +169,7 @@ def purify_distributed(
     progress: bool = True,
     also_npz: Optional[PathLike] = None,
     keep_work: bool = False,
-    assemble: bool = True,
-    assemble_only: bool = False,
+    mode: Mode = "full",
 ) -> Optional[Path]:
     """`purify_dataset` on ``devices x num_nodes`` processes via Lightning ``Trainer.predict``.
 
@@ -182,8 +186,9 @@ def purify_distributed(
         accelerator, devices, num_nodes: passed to ``lightning.Trainer``.
         strategy: one of ``STRATEGIES`` (``ddp`` for ``torchrun``/SLURM launches).
         num_workers: DataLoader workers per rank.
-        assemble: write the beton at the end (``False``: shards only, assemble later).
-        assemble_only: start no Trainer; assemble the finished shards (fails naming what is missing).
+        mode: ``"full"`` (purify what is missing, then write the beton), ``"shards_only"`` (write the
+            shards, assemble later) or ``"assemble_only"`` (start no Trainer; assemble the finished
+            shards, failing with what is missing).
 
     Returns:
         The beton path on the process that wrote or found it; ``None`` on other ranks and without assembly.
@@ -195,12 +200,12 @@ def purify_distributed(
         raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if assemble_only and not assemble:
-        raise ValueError("assemble_only=True contradicts assemble=False")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if len(data) == 0:
         raise ValueError("nothing to purify: the dataset is empty")
     out_beton = Path(out_beton)
-    if assemble:
+    if mode != "shards_only":
         require_ffcv()
         check_output(out_beton, data.images.nbytes + 8 * len(data), what="output")
     key = cache_key(data, config, denoiser_dir)
@@ -208,7 +213,7 @@ def purify_distributed(
         _log.info("%s is up to date (cache key %s); skipping purification", out_beton, key[:12])
         return out_beton
     work = Path(work_dir) if work_dir is not None else out_beton.with_name(out_beton.name + ".shards")
-    if assemble_only:
+    if mode == "assemble_only":
         unet, scheduler = load_denoiser(denoiser_dir, device="cpu")
         metadata = purification_metadata(Purifier(unet, scheduler, config, device="cpu"), denoiser_dir, key)
         return _assemble(work, data, out_beton, metadata, progress, also_npz, keep_work, work_dir is None)
@@ -218,7 +223,7 @@ def purify_distributed(
                          callbacks=[ShardWriter(work)], logger=False, enable_checkpointing=False,
                          enable_model_summary=False, enable_progress_bar=progress)
     trainer.predict(module, datamodule=ShardBlocks(data.images, work, shards, num_workers), return_predictions=False)
-    if trainer.global_rank != 0 or not assemble:
+    if trainer.global_rank != 0 or mode == "shards_only":
         return None
     metadata = purification_metadata(module.purifier, denoiser_dir, key)
     return _assemble(work, data, out_beton, metadata, progress, also_npz, keep_work, work_dir is None)
