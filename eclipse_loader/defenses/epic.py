@@ -29,7 +29,7 @@ from torch import nn
 from ..data.images import LabelledImages
 from ..loading.config import AugmentConfig
 from ..loading.torch_loader import TorchEpochLoader
-from ..poisons.backdoors import eval_mode
+from ..nn_utils import eval_mode
 
 Metric = Literal["euclidean", "cosine"]
 

@@ -15,28 +15,15 @@ A trigger is a frozen dataclass with ``apply(images) -> images`` on uint8 NHWC a
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Protocol, Union
+from typing import Optional, Protocol, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..data.images import LabelledImages, validate_images
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode and restore each one's own flag afterwards (a sliced
-    ``nn.Sequential`` has its own ``training`` flag, so ``model.train(was_training)`` is not enough)."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
+from ..nn_utils import eval_mode
 
 
 class Trigger(Protocol):
