@@ -30,11 +30,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, command_line, grouped_bar_plot, machine_info  # noqa: E402
+from _common import RESULTS, command_line, grouped_bar_plot, machine_info, write_json_atomic  # noqa: E402
 
 from eclipse_loader.data.images import LabelledImages  # noqa: E402
 from eclipse_loader.data.sparse import check_overlap, select_sparse_indices  # noqa: E402
-from eclipse_loader.evaluation.defenses import (DEFENSES, Defense, PurifySettings, apply_offline,  # noqa: E402
+from eclipse_loader.evaluation.defenses import (AUTO, AUTO_DESCRIPTION, CROP_FLIP, DEFENSES,  # noqa: E402
+                                                Defense, PurifySettings, apply_offline, batch_transform,
                                                 offline_steps)
 from eclipse_loader.purify.purifier import PurifyConfig  # noqa: E402
 from eclipse_loader.evaluation.victim import VICTIMS, VictimResult, train_classifier, train_victim  # noqa: E402
@@ -43,6 +44,8 @@ from protocols import GPU_PROTOCOLS, PROTOCOLS, Protocol  # noqa: E402,F401  (re
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10.npz"
 ATTACKS = ("ar", "lsp", "ops", "cuda", "classwise-noise", "em", "tap")
+#: every defence a cell can name; ``auto`` is resolved per cell by `Harness.resolve_auto`
+REGISTRY = {**DEFENSES, AUTO: Defense(AUTO, (), CROP_FLIP, AUTO_DESCRIPTION)}
 ADAPTIVE = ("em-adaptive-compensation", "em-adaptive-denoiser")
 PURIFY_BATCH = 500
 
@@ -139,6 +142,9 @@ class Harness:
         self.cells = self._load_cells()
         self.timings_path = workdir / "timings.json"
         self.timings: dict[str, float] = json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
+        self.auto_path = workdir / "auto" / "choices.json"
+        self.auto_choices: dict[str, Any] = json.loads(self.auto_path.read_text()) if self.auto_path.is_file() else {}
+        self._auto_purify: Optional[Callable] = None
 
     # -- caches -------------------------------------------------------------------------------
     def _load_cells(self) -> dict[tuple[str, str], dict[str, Any]]:
@@ -162,7 +168,7 @@ class Harness:
         """The protocol's victim trained on ``defended`` with ``defense``'s augmentation, scored on the test set."""
         return train_victim(defended, self.test, defense.augment, recipe=self.protocol.recipe,
                             seed=self.victim_seed, model_factory=self._victim_factory(self.protocol.victim),
-                            device=self.device)
+                            device=self.device, batch_transform=batch_transform(defense, self.victim_seed))
 
     def clean_model(self) -> torch.nn.Module:
         """The crafting model TAP attacks: the crafting victim trained on the clean training set."""
@@ -308,15 +314,80 @@ class Harness:
             purifier.purify_tensor(x, [0, 1])
         return counter.get_total_flops() / 2 / 1e9 * settings.draws
 
-    # -- cells --------------------------------------------------------------------------------
     def offline_functions(self, attack: str, defense: Defense, after: tuple[str, ...]) -> dict[str, Callable]:
-        """The offline steps of ``defense``'s cell on ``attack`` (purification through the cache)."""
+        """The offline steps of ``defense``'s cell on ``attack`` (purification through the cache; ``auto``
+        purifies with its own denoiser, cached apart)."""
+        if defense.name == AUTO and self._auto_purify is not None:
+            return offline_steps(purify=lambda d: self._purify_auto(attack, d, defense.purify.t_star, after))
         return offline_steps(purify=lambda d: self.purify(attack, d, defense.purify, after))
 
+    def _purify_auto(self, attack: str, data: LabelledImages, t_star: int, after: tuple[str, ...]) -> LabelledImages:
+        purify = self._auto_purify
+        assert purify is not None
+        name = f"{attack}--{'+'.join(after) or 'raw'}--auto-t{t_star}"
+        return cached(self.workdir / "purified" / f"{name}.npz",
+                      lambda: LabelledImages(purify(data.images, t_star), data.labels, data.num_classes),
+                      lambda s: self.record_timing(f"purify_{name}_s", s))
+
+    # -- auto ---------------------------------------------------------------------------------
+    def auto_denoiser(self, t_max: int) -> tuple[Path, LabelledImages]:
+        """``auto``'s own denoiser (trained on the half of the sparse set its selection does not validate on)
+        and that half."""
+        from eclipse_loader.denoiser.training import train_denoiser
+        from eclipse_loader.evaluation.defenses import split_sparse
+
+        _, part = split_sparse(self.sparse, seed=self.seed)
+        out, p = self.workdir / "denoiser-auto", self.protocol
+        if not (out / "denoiser.json").is_file():
+            log(f"training auto's denoiser on {len(part)} sparse images ({p.denoiser_steps} steps, t <= {t_max})")
+            start = time.perf_counter()
+            train_denoiser(part, p.denoiser_preset, out, max_steps=p.denoiser_steps, batch_size=p.denoiser_batch,
+                           lr=p.denoiser_lr, t_max=t_max, seed=self.seed, progress=False,
+                           accelerator="gpu" if str(self.device).startswith("cuda") else "cpu")
+            self.record_timing("denoiser-auto_training_s", time.perf_counter() - start)
+        return out, part
+
+    def resolve_auto(self, attack: str) -> tuple[Defense, Callable]:
+        """``auto`` for ``attack``: selection on its poisoned set with the sparse set as the trusted set (half
+        trains the selection's own denoiser, half validates; the test set is never seen). Returns the chosen
+        defence and the purifier it uses; the choice and its report are kept under ``workdir/auto/``."""
+        from eclipse_loader.evaluation.defenses import resolve_auto
+        from eclipse_loader.select.candidates import DEFAULT_T_STARS
+        from eclipse_loader.select.offline import DenoiserPurify
+        from eclipse_loader.select.proxy import ProxySettings
+        from eclipse_loader.select.report import write_report
+
+        settings, p = dict(self.protocol.auto), self.protocol
+        t_stars = tuple(settings.pop("t_stars", DEFAULT_T_STARS))
+        budget, min_per_class = settings.pop("budget_minutes", None), settings.pop("min_per_class", None)
+        out, part = self.auto_denoiser(max(t_stars) - 1)
+        purify = DenoiserPurify(out, steps=p.purify_steps, seed=self.seed, device=self.device,
+                                batch_size=self.purify_batch)
+        start = time.perf_counter()
+        log(f"auto on {attack}: selecting")
+        defense, selection = resolve_auto(self.poisoned(attack), self.sparse, purify, denoiser_images=part.images,
+                                          out_dir=self.workdir / "auto" / attack, seed=self.seed,
+                                          proxy=ProxySettings(**settings), budget_minutes=budget, t_stars=t_stars,
+                                          steps=p.purify_steps, min_per_class=min_per_class,
+                                          log=lambda m: log(f"  [{attack}] {m}"))
+        write_report(selection, self.workdir / "auto" / attack)
+        self.auto_choices[attack] = {
+            "chosen": selection.chosen.name, "offline": list(defense.offline), "reason": selection.reason,
+            "selection_seconds": round(time.perf_counter() - start, 1), "proxy": selection.plan.proxy.to_dict(),
+            "seed_noise": selection.seed_noise,
+            "validation_accuracy": {r.name: r.accuracy for r in selection.results if r.accuracy is not None}}
+        self.auto_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.auto_path, self.auto_choices)
+        log(f"auto on {attack}: {selection.chosen.name} ({selection.reason})")
+        return defense, purify
+
+    # -- cells --------------------------------------------------------------------------------
     def run_cell(self, attack: str, defense: Defense) -> dict[str, Any]:
         key = (attack, defense.name)
         if key in self.cells:
             return self.cells[key]
+        if defense.name == AUTO:
+            defense, self._auto_purify = self.resolve_auto(attack)
         data = self.poisoned(attack)
         start = time.perf_counter()
         after = defense.offline[:defense.offline.index("purify")] if defense.purifies else ()
@@ -338,9 +409,9 @@ class Harness:
 
 def summarise(harness: Harness, attacks: list[str], adaptive: list[str], defenses: list[str], args: argparse.Namespace,
               started: float, registry: Optional[dict[str, Defense]] = None) -> dict[str, Any]:
-    """The result JSON of the finished cells; ``registry``: the defences by name (default `DEFENSES`)."""
+    """The result JSON of the finished cells; ``registry``: the defences by name (default `REGISTRY`)."""
     cells = harness.cells
-    registry = DEFENSES if registry is None else registry
+    registry = REGISTRY if registry is None else registry
 
     def row(attack: str) -> dict[str, float]:
         return {d: cells[(attack, d)]["accuracy"] for d in defenses if (attack, d) in cells}
@@ -376,6 +447,8 @@ def summarise(harness: Harness, attacks: list[str], adaptive: list[str], defense
         "wall_seconds_this_invocation": round(time.perf_counter() - started),
         "complete": all(len(table[a]) == len(defenses) for a in table),
     }
+    if AUTO in defenses:
+        result["auto_choices"] = harness.auto_choices
     return result
 
 
@@ -431,7 +504,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--adaptive", default="em-adaptive-compensation",
                         help="adaptive attacks (rows outside the means), comma list from " + ",".join(ADAPTIVE)
                         + "; '' for none")
-    parser.add_argument("--defenses", default=",".join(DEFENSES), help="comma list from " + ",".join(DEFENSES))
+    parser.add_argument("--defenses", default=",".join(REGISTRY), help="comma list from " + ",".join(REGISTRY)
+                        + " (auto: chosen per cell on the sparse set, eclipse_loader.select)")
     parser.add_argument("--adaptive-defenses", default="none,compensation,eclipse-paper,eclipse",
                         help="defences the adaptive attacks are run against")
     parser.add_argument("--workdir", type=Path, default=None, help="cache dir (default bench-work/defense-<protocol>)")
@@ -466,7 +540,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     attacks = [a for a in args.attacks.split(",") if a]
     adaptive = [a for a in args.adaptive.split(",") if a]
     defenses = [d for d in args.defenses.split(",") if d]
-    for name, known in (("attack", ATTACKS), ("adaptive attack", ADAPTIVE), ("defense", tuple(DEFENSES))):
+    for name, known in (("attack", ATTACKS), ("adaptive attack", ADAPTIVE), ("defense", tuple(REGISTRY))):
         chosen = {"attack": attacks, "adaptive attack": adaptive, "defense": defenses}[name]
         unknown = [c for c in chosen if c not in known]
         if unknown:
@@ -483,7 +557,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     for attack in ["none", *attacks, *adaptive]:
         for name in adaptive_defenses if attack in adaptive else defenses:
-            harness.run_cell(attack, DEFENSES[name])
+            harness.run_cell(attack, REGISTRY[name])
         path = write_outputs(summarise(harness, attacks, adaptive, defenses, args, started), args.out)
     log(f"wrote {path}")
     return 0

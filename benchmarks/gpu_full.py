@@ -38,8 +38,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from _common import RESULTS, command_line, write_json_atomic
-from defense import ATTACKS, DATA, Harness, log, markdown_table, summarise, write_outputs
+from _common import RESULTS, command_line
+from defense import ATTACKS, DATA, REGISTRY, Harness, log, markdown_table, summarise, write_outputs
 from gpu_backdoor import append_markdown, run_backdoor
 from gpu_prefetch import MODEL_FREE, Prefetcher, chunked, load_npz, offline_path, save_npz
 from protocols import GPU_PROTOCOLS, GpuProtocol
@@ -47,13 +47,11 @@ from protocols import GPU_PROTOCOLS, GpuProtocol
 from eclipse_loader import poisons
 from eclipse_loader.data.images import LabelledImages
 from eclipse_loader.evaluation.airbench import autocast_factory, train_airbench, train_airbench_victim, with_autocast
-from eclipse_loader.evaluation.defenses import (AUTO, AUTO_DESCRIPTION, CROP_FLIP, DEFENSES, Defense,
-                                                batch_transform)
+from eclipse_loader.evaluation.defenses import AUTO, DEFENSES, Defense, batch_transform
 from eclipse_loader.evaluation.victim import VictimResult, resnet18_cifar, train_victim
 
 EXTRA_ATTACKS = ("rem",) if hasattr(poisons, "robust_error_minimizing") else ()
 ORDER = ("none", "jpeg10", "eclipse", "grayscale", "eclipse-paper", AUTO)
-REGISTRY = {**DEFENSES, AUTO: Defense(AUTO, (), CROP_FLIP, AUTO_DESCRIPTION)}  # auto: resolved per cell
 BACKDOORS = ("badnets", "blended")
 RESNET = "@resnet18"
 BACKDOOR_RESERVE_S = 150.0  # estimated on an H200: 3 airbench trainings, 4 denoiser calls per image, a denoiser
@@ -68,9 +66,6 @@ class GpuHarness(Harness):
         self.purify_bf16 = protocol.purify_bf16 and str(self.device).startswith("cuda")
         self.errors: list[dict[str, str]] = []
         self.prefetch: Optional[Prefetcher] = None
-        self.auto_path = self.workdir / "auto" / "choices.json"
-        self.auto_choices: dict[str, Any] = json.loads(self.auto_path.read_text()) if self.auto_path.is_file() else {}
-        self._auto_purify: Optional[Callable] = None
 
     def _victim_factory(self, name: str) -> Callable[[int], torch.nn.Module]:
         """Crafting networks, all channels-last under bf16 autocast on CUDA."""
@@ -120,9 +115,6 @@ class GpuHarness(Harness):
     def offline_functions(self, attack: str, defense: Defense, after: tuple[str, ...]) -> dict[str, Callable]:
         """Offline steps read from the prefetched sets where a worker made them, else run over all cores."""
         steps = super().offline_functions(attack, defense, after)
-        if defense.name == AUTO and self._auto_purify is not None:  # auto purifies with its own denoiser
-            purify, t_star = self._auto_purify, defense.purify.t_star
-            steps["purify"] = lambda d: LabelledImages(purify(d.images, t_star), d.labels, d.num_classes)
         for i, name in enumerate(defense.offline):
             if name != "purify":
                 steps[name] = self._cached_step(attack, tuple(defense.offline[:i + 1]), steps[name])
@@ -143,44 +135,6 @@ class GpuHarness(Harness):
             return out
 
         return run
-
-    def run_cell(self, attack: str, defense: Defense) -> dict[str, Any]:
-        if defense.name != AUTO or (attack, AUTO) in self.cells:
-            return super().run_cell(attack, defense)
-        chosen, self._auto_purify = self.resolve_auto(attack)
-        return super().run_cell(attack, chosen)
-
-    def resolve_auto(self, attack: str) -> tuple[Defense, Callable]:
-        """``auto`` for ``attack``: selection on its poisoned set with the sparse set as the trusted set (half
-        trains the selection's own denoiser, half validates; the test set is never seen)."""
-        from eclipse_loader.denoiser.training import train_denoiser
-        from eclipse_loader.evaluation.defenses import resolve_auto, split_sparse
-        from eclipse_loader.select.candidates import DEFAULT_T_STARS
-        from eclipse_loader.select.offline import DenoiserPurify
-        from eclipse_loader.select.proxy import ProxySettings
-
-        settings, p = dict(self.protocol.auto), self.protocol
-        t_stars, budget = tuple(settings.pop("t_stars", DEFAULT_T_STARS)), settings.pop("budget_minutes", None)
-        _, part = split_sparse(self.sparse, seed=self.seed)
-        out = self.workdir / "denoiser-auto"
-        if not (out / "denoiser.json").is_file():
-            start = time.perf_counter()
-            train_denoiser(part, p.denoiser_preset, out, max_steps=p.denoiser_steps, batch_size=p.denoiser_batch,
-                           lr=p.denoiser_lr, t_max=max(t_stars) - 1, seed=self.seed, progress=False,
-                           accelerator="gpu" if str(self.device).startswith("cuda") else "cpu")
-            self.record_timing("denoiser-auto_training_s", time.perf_counter() - start)
-        purify = DenoiserPurify(out, steps=p.purify_steps, seed=self.seed, device=self.device,
-                                batch_size=self.purify_batch)
-        start = time.perf_counter()
-        defense, selection = resolve_auto(self.poisoned(attack), self.sparse, purify, denoiser_images=part.images,
-                                          out_dir=self.workdir / "auto" / attack, seed=self.seed,
-                                          proxy=ProxySettings(**settings), budget_minutes=budget, t_stars=t_stars,
-                                          steps=p.purify_steps)
-        self.auto_choices[attack] = {"chosen": selection.chosen.name, "offline": list(defense.offline),
-                                     "selection_seconds": round(time.perf_counter() - start, 1)}
-        write_json_atomic(self.auto_path, self.auto_choices)
-        log(f"  auto on {attack}: {selection.chosen.name}")
-        return defense, purify
 
     def score_victim(self, defended: LabelledImages, defense: Defense) -> VictimResult:
         if defense.name.endswith(RESNET):
@@ -224,7 +178,6 @@ def plan(attacks: list[str], defenses: list[str], resnet18: bool) -> list[tuple[
 def report(h: GpuHarness, attacks: list[str], defenses: list[str], args: argparse.Namespace, started: float,
            backdoor: dict[str, Any], budget_hit: bool) -> Path:
     result = summarise(h, attacks, [], defenses, args, started, REGISTRY)
-    result["auto_choices"] = h.auto_choices
     result["device_name"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (no CUDA device)"
     result["resnet18"] = {a: {d[:-len(RESNET)]: c["accuracy"] for (a2, d), c in h.cells.items() if a2 == a
                               and d.endswith(RESNET)} for a in {a for a, d in h.cells if d.endswith(RESNET)}}

@@ -34,6 +34,8 @@ class Protocol:
     crafting_victim: str = ""
     test_size: Optional[int] = None  # None: every test image not used as the sparse set
     denoiser_t_max: Optional[int] = None  # highest timestep the denoiser trains on (None: t_star - 1)
+    # the ``auto`` column's selection: `ProxySettings` fields, ``t_stars``, ``budget_minutes``
+    auto: dict[str, Any] = field(default_factory=dict)
 
 
 PROTOCOLS = {
@@ -42,7 +44,9 @@ PROTOCOLS = {
         recipe=TrainRecipe(epochs=6, batch_size=128, lr=0.05), denoiser_preset="small", denoiser_steps=1_500,
         denoiser_batch=32, denoiser_lr=1e-3, t_star=100, purify_steps=2,
         em=dict(pgd_steps=10, step_size=1.6 / 255, train_steps=10, max_rounds=5, stop_accuracy=0.99),
-        tap=dict(steps=20), crafting_victim="quick_cnn"),
+        tap=dict(steps=20), crafting_victim="quick_cnn",
+        # 1,000 proxy images x 30 epochs and t* in {100, 400} (18 candidates): ~10 min per cell on 2 cores
+        auto=dict(images=1000, epochs=30, width=16, batch_size=128, t_stars=(100, 400))),
     "paper": Protocol(
         name="paper", train_size=None, sparse_size=2_000, sparse_from="test", victim="resnet18",
         recipe=paper_recipe(), denoiser_preset="paper", denoiser_steps=100_000, denoiser_batch=128,
@@ -55,7 +59,7 @@ PROTOCOLS = {
         recipe=TrainRecipe(epochs=1, batch_size=50, lr=0.05), denoiser_preset="tiny", denoiser_steps=3,
         denoiser_batch=16, denoiser_lr=1e-3, t_star=100, purify_steps=1,
         em=dict(pgd_steps=2, step_size=2 / 255, train_steps=2, max_rounds=1), tap=dict(steps=2),
-        crafting_victim="small_cnn", test_size=300),
+        crafting_victim="small_cnn", test_size=300, auto=dict(images=50, epochs=1, width=4, batch_size=25, t_stars=(100,), min_per_class=4)),
 }
 
 
@@ -68,7 +72,6 @@ class GpuProtocol(Protocol):
             EM crafts against ``crafting_victim`` (ResNet-18 at full scale: EM's published setting).
         purify_batch, purify_bf16: purification batch size and bf16 autocast (CUDA only).
         elixir: DataElixir settings (noise std, rounds, reverse steps, tau, backdoor ratio, denoiser t_max).
-        auto: the ``auto`` column's selection: `ProxySettings` fields, ``t_stars``, ``budget_minutes``.
         resnet_recipe: the optional ResNet-18 rows' training recipe (the paper's 80 epochs).
     """
 
@@ -76,7 +79,6 @@ class GpuProtocol(Protocol):
     purify_batch: int = 500
     purify_bf16: bool = False
     elixir: dict[str, Any] = field(default_factory=dict)
-    auto: dict[str, Any] = field(default_factory=dict)
     resnet_recipe: TrainRecipe = field(default_factory=paper_recipe)
 
 

@@ -63,3 +63,15 @@ def test_unknown_attack_is_refused(tmp_path):
     result = subprocess.run([sys.executable, str(SCRIPT), "--protocol", "smoke", "--attacks", "em,xyz",
                              "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "xyz" in result.stderr
+
+
+def test_auto_column_resolves_per_cell_and_reports_its_choice(tmp_path):
+    run = _run(tmp_path, "--defenses", "none,auto", "--attacks", "ops")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    (result_path,) = (tmp_path / "out").glob("defense-smoke-*.json")
+    result = json.loads(result_path.read_text())
+    assert set(result["table"]["ops"]) == {"none", "auto"} and set(result["auto_choices"]) == {"none", "ops"}
+    choice = result["auto_choices"]["ops"]
+    assert choice["chosen"] in choice["validation_accuracy"] and choice["proxy"]["images"] == 50
+    assert (tmp_path / "work" / "auto" / "ops" / "selection-cache.json").is_file()
+    assert "ops|auto" in result["cell_seconds"] and "proxy" in result["defenses"]["auto"]

@@ -110,6 +110,24 @@ def test_torch_loader_batches_do_not_depend_on_batch_size_workers_or_batching(sa
         assert torch.equal(torch.cat([x for x, _ in other]), reference)
 
 
+def test_torch_loader_batch_transform_runs_before_the_augmentation_with_indices_and_epoch(sample):
+    seen = []
+
+    def invert(batch: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        seen.append((idx.clone(), epoch))
+        return 255 - batch
+
+    config = dict(augment=PAPER, shuffle=True, seed=3)
+    inverted = LabelledImages(255 - sample.images, sample.labels, sample.num_classes)
+    loader = TorchEpochLoader(sample, 128, batch_transform=invert, **config)
+    reference = TorchEpochLoader(inverted, 128, **config)
+    for _ in range(2):  # epoch 1 too: the transform sees the loader's epoch
+        assert torch.equal(torch.cat([x for x, _ in loader]), torch.cat([x for x, _ in reference]))
+    assert {e for _, e in seen} == {0, 1}
+    order = torch.cat([i for i, e in seen if e == 1]).numpy()
+    assert np.array_equal(order, epoch_order(len(sample), 3, 1, True))
+
+
 def _reference_flip_translate(image: np.ndarray, key: int, flip: bool, padding: int) -> np.ndarray:
     """One CHW image, the slow obvious way: flip if bit 0 of the flip hash, pad with zeros, crop at
     (dy, dx) drawn from their hashes."""

@@ -161,7 +161,8 @@ def split_sparse(sparse: LabelledImages, seed: int = 0, validation_fraction: flo
 def resolve_auto(train: LabelledImages, sparse: LabelledImages, purify_fn: Optional[PurifyFn], *,
                  denoiser_images: Optional[np.ndarray], out_dir: Union[str, os.PathLike, None] = None, seed: int = 0,
                  proxy: Optional[ProxySettings] = None, budget_minutes: Optional[float] = None,
-                 t_stars: Optional[tuple[int, ...]] = None, steps: Optional[int] = None
+                 t_stars: Optional[tuple[int, ...]] = None, steps: Optional[int] = None,
+                 min_per_class: Optional[int] = None, log: Optional[Callable[[str], None]] = None
                  ) -> tuple[Defense, Selection]:
     """``auto`` in one harness cell: select on ``train`` (the cell's poisoned set) with the ``sparse`` set as the
     trusted set (never the test set), excluding ``denoiser_images`` from validation; returns the chosen defence
@@ -173,7 +174,8 @@ def resolve_auto(train: LabelledImages, sparse: LabelledImages, purify_fn: Optio
     candidates = default_candidates(t_stars or DEFAULT_T_STARS, purification=purify_fn is not None)
     selection = select_defense(train, sparse, purify_fn, out_dir, candidates=candidates, proxy=proxy or ProxySettings(),
                                seed=seed, budget_minutes=budget_minutes, denoiser_images=denoiser_images,
-                               try_trusted_mix=False)
+                               try_trusted_mix=False, log=log,
+                               **({} if min_per_class is None else {"min_per_class": min_per_class}))
     return candidate_defense(selection.chosen, steps), selection
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..data.images import LabelledImages
 from ..loading.config import AugmentConfig
-from ..loading.torch_loader import TorchEpochLoader
+from ..loading.torch_loader import BatchTransform, TorchEpochLoader
 
 ModelFactory = Callable[[int], nn.Module]
 
@@ -117,12 +117,16 @@ def train_classifier(
     model_factory: ModelFactory = small_cnn,
     device: Union[str, torch.device] = "cpu",
     log: Optional[Callable[[str], None]] = None,
+    batch_transform: Optional[BatchTransform] = None,
 ) -> nn.Module:
-    """Train a fresh ``model_factory`` network on ``train`` with ``recipe``; returns it (eval mode)."""
+    """Train a fresh ``model_factory`` network on ``train`` with ``recipe``; returns it (eval mode).
+
+    ``batch_transform``: a defence's extra per-batch step before crop/flip (`TorchEpochLoader`)."""
     device = torch.device(device)
     torch.manual_seed(seed)
     model = model_factory(train.num_classes).to(device, memory_format=torch.channels_last)
-    loader = TorchEpochLoader(train, recipe.batch_size, augment=augment, shuffle=True, drop_last=True, seed=seed)
+    loader = TorchEpochLoader(train, recipe.batch_size, augment=augment, shuffle=True, drop_last=True, seed=seed,
+                              batch_transform=batch_transform)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 nesterov=recipe.nesterov and recipe.momentum > 0, weight_decay=recipe.weight_decay)
     schedule = (torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * len(loader))
@@ -155,14 +159,16 @@ def train_victim(
     model_factory: ModelFactory = small_cnn,
     device: Union[str, torch.device] = "cpu",
     log: Optional[Callable[[str], None]] = None,
+    batch_transform: Optional[BatchTransform] = None,
 ) -> VictimResult:
     """Train a fresh victim on ``train`` and report its last-epoch accuracy on ``test``.
 
-    ``recipe`` overrides ``epochs``/``batch_size``/``lr`` (default: SGD, momentum 0.9, one-cycle LR).
+    ``recipe`` overrides ``epochs``/``batch_size``/``lr`` (default: SGD, momentum 0.9, one-cycle LR);
+    ``batch_transform`` as in `train_classifier`.
     """
     recipe = recipe or TrainRecipe(epochs=epochs, batch_size=batch_size, lr=lr)
     start = time.perf_counter()
     model = train_classifier(train, augment, recipe=recipe, seed=seed, model_factory=model_factory, device=device,
-                             log=log)
+                             log=log, batch_transform=batch_transform)
     seconds = time.perf_counter() - start
     return VictimResult(evaluate(model, test, device=device), seconds, recipe.epochs, model)

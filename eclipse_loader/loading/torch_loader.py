@@ -10,7 +10,7 @@ the compensation is bit-identical to the FFCV Operation.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -20,7 +20,10 @@ from ..data.images import LabelledImages
 from .batch_augment import Normalizer, augment_batch, flip_and_translate
 from .config import AugmentConfig
 
-__all__ = ["EpochSampler", "TorchEpochLoader", "epoch_order", "flip_and_translate"]
+__all__ = ["BatchTransform", "EpochSampler", "TorchEpochLoader", "epoch_order", "flip_and_translate"]
+
+#: a defence's extra per-batch step: ``(uint8 NCHW batch, dataset indices, epoch) -> uint8 batch``
+BatchTransform = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> np.ndarray:
@@ -37,9 +40,9 @@ class _BatchMaker:
     """Gathers, augments and scales the batch of given dataset indices (picklable for DataLoader workers)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: Optional[AugmentConfig], seed: int,
-                 epoch: int, normalize: AugmentConfig) -> None:
+                 epoch: int, normalize: AugmentConfig, batch_transform: Optional[BatchTransform] = None) -> None:
         self.images, self.labels = images, labels  # images: (N, H, W, 3) uint8, contiguous
-        self.augment, self.seed, self.epoch = augment, seed, epoch
+        self.augment, self.seed, self.epoch, self.batch_transform = augment, seed, epoch, batch_transform
         self.scale = Normalizer(normalize, images.device)
 
     def __call__(self, indices: Union[list[int], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,6 +50,8 @@ class _BatchMaker:
         n, h, w, c = self.images.shape
         # rows of 3 * H * W bytes: index_select copies each image in one piece (uint8 NCHW indexing goes byte by byte)
         batch = self.images.view(n, -1).index_select(0, idx).view(-1, h, w, c).permute(0, 3, 1, 2)
+        if self.batch_transform is not None:  # a defence's own per-batch step (e.g. RSK+FF), before crop/flip
+            batch = self.batch_transform(batch, idx, self.epoch)
         if self.augment is not None:
             batch = augment_batch(batch, idx, self.augment, self.seed, self.epoch)
         return self.scale(batch), self.labels.index_select(0, idx)
@@ -75,6 +80,10 @@ class TorchEpochLoader:
         rank, world_size: shard for distributed training (padded like ``DistributedSampler``).
         num_workers: ``DataLoader`` worker processes that build batches on the CPU (0: build them in
             this process, on ``device``).
+        batch_transform: ``f(uint8 NCHW batch, dataset indices, epoch) -> uint8 batch``, a defence's extra
+            per-batch step run before the augmentation (e.g. `eclipse_loader.select.augment.rsk_ff_keyed`);
+            it must be keyed by index and epoch like the other draws for the values to stay independent
+            of batch size and workers.
         device: where batches are built and returned (default CPU). With ``num_workers=0`` the whole
             dataset is copied there once and every operation runs there (a GPU: airbench-style loading);
             with workers, batches are built on the CPU and moved.
@@ -96,6 +105,7 @@ class TorchEpochLoader:
         world_size: int = 1,
         num_workers: int = 0,
         device: Union[str, torch.device, None] = None,
+        batch_transform: Optional[BatchTransform] = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -108,6 +118,7 @@ class TorchEpochLoader:
         self.batch_size, self.augment, self.normalize = batch_size, augment, normalize or augment or AugmentConfig()
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.batch_transform = batch_transform
         self.next_epoch = 0
         if shuffle:  # Lightning calls `.sampler.set_epoch(epoch)` on shuffled loaders
             self.sampler, self.batch_sampler = EpochSampler(self), None
@@ -129,7 +140,7 @@ class TorchEpochLoader:
         epoch = self.next_epoch
         self.next_epoch += 1
         order = epoch_order(len(self.labels), self.seed, epoch, self.shuffle, self.rank, self.world_size)
-        make = _BatchMaker(self.images, self.labels, self.augment, self.seed, epoch, self.normalize)
+        make = _BatchMaker(self.images, self.labels, self.augment, self.seed, epoch, self.normalize, self.batch_transform)
         if self.num_workers == 0:
             order_t = torch.from_numpy(order).to(self.device)
             stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
