@@ -21,8 +21,9 @@ import numpy as np
 from ..data.images import LabelledImages, as_labelled_images
 from ..data.sources import load_source
 from ..loading.config import AugmentConfig
+from .datamodule_purify import PurifySteps, check_purify_steps, datamodule_purify_config, purified_file
 from .lightning_loaders import (Backend, build_loader, check_channels, check_image_sizes, datamodule_recipe,
-                                ffcv_available, resolve_backend, wait_for_file)
+                                ffcv_available, resolve_backend)
 
 if TYPE_CHECKING:  # the purifier imports diffusers: only when purifying
     from ..purify.purifier import PurifyConfig
@@ -61,7 +62,8 @@ class EclipseDataModule(pl.LightningDataModule):
         purify: purify ``train`` with the denoiser in ``denoiser`` during ``prepare_data`` (cached).
         denoiser: directory of a denoiser saved by ``eclipse-loader train-denoiser``.
         t_star: purification noise level as a diffusion timestep (None: the recipe's).
-        purify_steps: reverse steps of the purification (None: the recipe's; 0: the full chain).
+        purify_steps: reverse steps of the purification: a positive number, ``"full"`` (all t* of them) or
+            None (the recipe's), as ``eclipse-loader purify --steps``.
         repair_threshold: repair isolated outlier pixels before purifying (None: the recipe's; -1: off).
         purify_sampler: ``"ddpm"`` (stochastic, the paper's) or ``"ddim"`` (deterministic).
         purify_batch_size: batch size of the purification pass.
@@ -91,7 +93,7 @@ class EclipseDataModule(pl.LightningDataModule):
         purify: bool = False,
         denoiser: Optional[str] = None,
         t_star: Optional[int] = None,
-        purify_steps: Optional[int] = None,
+        purify_steps: PurifySteps = None,
         repair_threshold: Optional[int] = None,
         purify_sampler: str = "ddpm",
         purify_batch_size: int = 256,
@@ -101,6 +103,7 @@ class EclipseDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_purify_steps(purify_steps)
         if purify and not denoiser:
             raise ValueError("purify=True needs denoiser=DIR (train one with `eclipse-loader train-denoiser`)")
         self.recipe = datamodule_recipe(recipe, purify).with_overrides(t_star=t_star)
@@ -229,37 +232,13 @@ class EclipseDataModule(pl.LightningDataModule):
     def purify_config(self) -> PurifyConfig:
         """The purification settings: the recipe's, overridden by the explicit arguments."""
         hp = self.hparams
-        repair_off = hp.repair_threshold is not None and hp.repair_threshold < 0
-        return self.recipe.purify_config(steps="full" if hp.purify_steps == 0 else hp.purify_steps,
-                                         repair_threshold=None if repair_off else hp.repair_threshold,
-                                         repair=not repair_off, sampler=hp.purify_sampler, seed=hp.seed)
+        return datamodule_purify_config(self.recipe, hp.purify_steps, hp.repair_threshold, hp.purify_sampler, hp.seed)
 
     def _purified_beton(self, data: LabelledImages, write: bool) -> Path:
-        """The cached purified beton of ``data``; computed here when ``write`` (one process per node).
-
-        With one process, the work happens in ``prepare_data``. Under DDP it happens in ``setup``:
-        local rank zero purifies while the other ranks poll the file system for the result, so no
-        collective (whose timeout is 30 minutes by default) waits on a long purification.
-        """
-        from ..purify.run import cache_key, purify_dataset
-
-        config = self.purify_config()
-        key = cache_key(data, config, self.hparams.denoiser)
-        suffix = ".beton" if self.backend == "ffcv" else ".npz"  # the torch backend needs no ffcv
-        path = self.cache_dir / "purified" / f"{key[:24]}{suffix}"
-        failed = path.with_name(path.name + ".failed")
-        if path.exists():
-            return path
-        if write:
-            failed.unlink(missing_ok=True)
-            try:
-                return purify_dataset(data, self.hparams.denoiser, path, config=config,
-                                      batch_size=self.hparams.purify_batch_size, device=self.hparams.purify_device)
-            except BaseException as error:
-                failed.parent.mkdir(parents=True, exist_ok=True)
-                failed.write_text(f"{type(error).__name__}: {error}")
-                raise
-        return wait_for_file(path, failed)
+        """The cached purified file of ``data`` (see `purified_file`); computed here when ``write``."""
+        hp = self.hparams
+        return purified_file(data, self.purify_config(), hp.denoiser, self.cache_dir, self.backend == "ffcv", write,
+                             hp.purify_batch_size, hp.purify_device)
 
     def _local_rank(self) -> int:
         trainer = getattr(self, "trainer", None)
