@@ -2,10 +2,13 @@
 
 Model-free (seconds on CPU): `autoregressive` (AR), `lsp`, `one_pixel_shortcut` (OPS),
 `convolution_based` (CUDA-style), `classwise_noise`, `classwise_patches` (the demo's).
-Model-based: `error_minimizing` (EM), `targeted_adversarial` (TAP), and the adaptive attack
+Model-based: `error_minimizing` (EM), `targeted_adversarial` (TAP), `robust_error_minimizing`
+(REM: EM robust to adversarial training), `hypocritical` (loss-minimising PGD against a slightly
+trained model from `hypocritical_crafting_model`), and the adaptive attack
 `error_minimizing(..., transform=compensation_eot(...))` that optimises through the defence.
 """
 from .crafted import compensation_eot, denoiser_eot, error_minimizing, random_flip, targeted_adversarial
+from .hypocritical import hypocritical, hypocritical_crafting_model
 from .model_free import (
     autoregressive,
     classwise_noise,
@@ -14,8 +17,10 @@ from .model_free import (
     lsp,
     one_pixel_shortcut,
 )
+from .rem import random_crop_flip, robust_error_minimizing
 
 __all__ = [
     "autoregressive", "classwise_noise", "classwise_patches", "compensation_eot", "convolution_based",
-    "denoiser_eot", "error_minimizing", "lsp", "one_pixel_shortcut", "random_flip", "targeted_adversarial",
+    "denoiser_eot", "error_minimizing", "hypocritical", "hypocritical_crafting_model", "lsp", "one_pixel_shortcut",
+    "random_crop_flip", "random_flip", "robust_error_minimizing", "targeted_adversarial",
 ]
