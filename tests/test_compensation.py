@@ -31,7 +31,7 @@ def _chw(images_nhwc: np.ndarray) -> torch.Tensor:
 def test_zero_strength_is_exactly_the_identity(cifar):
     batch = _chw(cifar["train_x"][:64])
     comp = CorruptionCompensation(p_gray=0, sigma=0)
-    assert torch.equal(comp.apply(batch, torch.arange(64)), batch)
+    assert torch.equal(comp.compensate(batch, torch.arange(64)), batch)
     assert torch.equal(comp(batch), batch)
     assert torch.equal(comp(batch[0]), batch[0])
 
@@ -49,12 +49,12 @@ def test_grayscale_fraction_and_noise_statistics():
     n = 4000
     flat = torch.full((n, 3, 8, 8), 128, dtype=torch.uint8)
     flat[:, 0] = 200  # coloured, so grayscale is visible
-    gray_only = CorruptionCompensation(p_gray=0.4, sigma=0, seed=1).apply(flat, torch.arange(n))
+    gray_only = CorruptionCompensation(p_gray=0.4, sigma=0, seed=1).compensate(flat, torch.arange(n))
     is_gray = (gray_only[:, 0] == gray_only[:, 1]).flatten(1).all(1)
     assert abs(is_gray.float().mean().item() - 0.4) < 0.03  # 4000 Bernoulli(0.4): std 0.008
 
     mid = torch.full((n, 3, 8, 8), 128, dtype=torch.uint8)
-    noisy = CorruptionCompensation(p_gray=0, sigma=0.05, seed=2).apply(mid, torch.arange(n)).double() - 128
+    noisy = CorruptionCompensation(p_gray=0, sigma=0.05, seed=2).compensate(mid, torch.arange(n)).double() - 128
     assert abs(noisy.mean().item()) < 0.05
     assert abs(noisy.std().item() - np.sqrt(12.75**2 + 1 / 12)) < 0.05  # noise plus rounding
     channels = noisy.flatten(2)
@@ -66,15 +66,15 @@ def test_draws_are_keyed_by_seed_epoch_and_index_not_by_batch(cifar):
     batch = _chw(cifar["train_x"][:50])
     idx = torch.arange(100, 150)
     comp = CorruptionCompensation(seed=5)
-    whole = comp.apply(batch, idx)
-    pieces = torch.cat([comp.apply(batch[i : i + 7], idx[i : i + 7]) for i in range(0, 50, 7)])
+    whole = comp.compensate(batch, idx)
+    pieces = torch.cat([comp.compensate(batch[i : i + 7], idx[i : i + 7]) for i in range(0, 50, 7)])
     assert torch.equal(whole, pieces)
-    assert torch.equal(comp.apply(batch[3], 103), whole[3])
-    reversed_order = comp.apply(batch.flip(0), idx.flip(0)).flip(0)
+    assert torch.equal(comp.compensate(batch[3], 103), whole[3])
+    reversed_order = comp.compensate(batch.flip(0), idx.flip(0)).flip(0)
     assert torch.equal(reversed_order, whole)
     comp.set_epoch(1)
-    assert (comp.apply(batch, idx) != whole).float().mean() > 0.5  # redrawn next epoch
-    assert not torch.equal(CorruptionCompensation(seed=6).apply(batch, idx), whole)
+    assert (comp.compensate(batch, idx) != whole).float().mean() > 0.5  # redrawn next epoch
+    assert not torch.equal(CorruptionCompensation(seed=6).compensate(batch, idx), whole)
 
 
 def test_v2_compose_and_per_sample_grayscale_without_indices(cifar):
@@ -131,7 +131,7 @@ def test_ffcv_operation_equals_torch_transform_exactly(cifar, compiled):
             out = fn(images, np.empty((64, *query.shape), np.uint8), indices)
             ref = CorruptionCompensation(0.4, 0.05, seed=11)
             ref.set_epoch(epoch)
-            expected = ref.apply(_chw(images), torch.from_numpy(indices.astype(np.int64))).permute(0, 2, 3, 1).numpy()
+            expected = ref.compensate(_chw(images), torch.from_numpy(indices.astype(np.int64))).permute(0, 2, 3, 1).numpy()
             assert np.array_equal(out, expected), f"epoch {epoch}: {(out != expected).sum()} values differ"
         assert not np.array_equal(out, images)
     finally:
@@ -160,7 +160,7 @@ def test_ffcv_kernel_equals_torch_for_all_settings_sizes_and_layouts(cifar, p_gr
     ref = CorruptionCompensation(p_gray, sigma, seed=3)
     for src in (images, strided):
         out = fn(src, np.full((40, *query.shape), 17, np.uint8), indices)
-        expected = ref.apply(_chw(np.ascontiguousarray(src)), torch.from_numpy(indices.astype(np.int64)), epoch=2)
+        expected = ref.compensate(_chw(np.ascontiguousarray(src)), torch.from_numpy(indices.astype(np.int64)), epoch=2)
         assert np.array_equal(out, expected.permute(0, 2, 3, 1).numpy())
     if p_gray or sigma:
         assert not np.array_equal(out, strided)

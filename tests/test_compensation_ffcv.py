@@ -57,7 +57,7 @@ def _epoch(loader) -> dict[int, np.ndarray]:
 def _expected(images: np.ndarray, indices: list[int], epoch: int) -> dict[int, np.ndarray]:
     ref = CorruptionCompensation(p_gray=0.4, sigma=0.05, seed=5)
     chw = torch.from_numpy(images[indices]).permute(0, 3, 1, 2)
-    out = ref.apply(chw, torch.tensor(indices), epoch=epoch).permute(0, 2, 3, 1).numpy()
+    out = ref.compensate(chw, torch.tensor(indices), epoch=epoch).permute(0, 2, 3, 1).numpy()
     return dict(zip(indices, out))
 
 

@@ -127,10 +127,10 @@ GOLDEN_SUMS = [5660, 5684, 5906, 5831]
 
 def test_golden_torch_outputs():
     comp = CorruptionCompensation(p_gray=0.5, sigma=0.05, seed=7)
-    out = comp.apply(GOLDEN_IMAGE, torch.tensor(GOLDEN_INDICES), epoch=3)
+    out = comp.compensate(GOLDEN_IMAGE, torch.tensor(GOLDEN_INDICES), epoch=3)
     assert out[:, :, 0, 0].tolist() == GOLDEN_FIRST_PIXEL
     assert out.view(4, -1).sum(1).tolist() == GOLDEN_SUMS
-    gray = CorruptionCompensation(p_gray=0.5, sigma=0.0, seed=7).apply(GOLDEN_IMAGE, torch.tensor(GOLDEN_INDICES), epoch=3)
+    gray = CorruptionCompensation(p_gray=0.5, sigma=0.0, seed=7).compensate(GOLDEN_IMAGE, torch.tensor(GOLDEN_INDICES), epoch=3)
     assert [bool(torch.equal(g[0], g[1])) for g in gray] == [False, False, True, False]
 
 
@@ -153,7 +153,7 @@ def test_golden_ffcv_outputs():
 @pytest.mark.parametrize("sigma", [0.03, 0.05])
 def test_rounded_noise_has_the_intended_spread(sigma):
     mid = torch.full((3000, 3, 8, 8), 128, dtype=torch.uint8)
-    noisy = CorruptionCompensation(p_gray=0, sigma=sigma, seed=2).apply(mid, torch.arange(3000)).double() - 128
+    noisy = CorruptionCompensation(p_gray=0, sigma=sigma, seed=2).compensate(mid, torch.arange(3000)).double() - 128
     scale = 255 * sigma
     assert abs(noisy.mean().item()) < 0.05
     assert abs(noisy.std().item() - math.sqrt(scale**2 + 1 / 12)) < 0.05  # noise plus rounding

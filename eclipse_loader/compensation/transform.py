@@ -1,6 +1,7 @@
 """`CorruptionCompensation`: the torch/torchvision-v2 form of ECLIPSE's compensation augmentation."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional, Sequence, Union
 
 import PIL.Image
@@ -29,11 +30,13 @@ class CorruptionCompensation(v2.Transform):
 
     Two ways to draw randomness:
 
-    * ``comp(images, indices=idx)`` (or `apply`): draws are a pure function of
+    * ``comp(images, indices=idx)`` (or `compensate`): draws are a pure function of
       ``(seed, epoch, dataset index)``, bit-identical to the FFCV Operation `CompensateFFCV`.
       Call `set_epoch` each epoch so the corruption is redrawn.
     * ``comp(images)`` (plain torchvision usage, no index): per-sample keys come from torch's
-      global RNG, so they follow ``torch.manual_seed`` / DataLoader worker seeding.
+      global RNG, so they follow ``torch.manual_seed`` / DataLoader worker seeding. As the v2
+      contract asks, they are drawn once per call in `make_params` (one key per batch position),
+      so every image or video of one sample gets the same draws.
 
     Args:
         p_gray: probability of turning a sample grayscale (default: the ``default`` recipe's 0.2;
@@ -64,9 +67,9 @@ class CorruptionCompensation(v2.Transform):
             return super().forward(*inputs)
         if len(inputs) != 1:
             raise TypeError("with indices=..., pass exactly one image tensor or batch")
-        return self.apply(inputs[0], indices)
+        return self.compensate(inputs[0], indices)
 
-    def apply(self, images: torch.Tensor, indices: IndexLike, epoch: Optional[int] = None) -> torch.Tensor:
+    def compensate(self, images: torch.Tensor, indices: IndexLike, epoch: Optional[int] = None) -> torch.Tensor:
         """Deterministic compensation keyed by dataset ``indices`` (an int for a single image)."""
         epoch = self.epoch if epoch is None else int(epoch)
         batch, single = _as_batch(images)
@@ -74,14 +77,25 @@ class CorruptionCompensation(v2.Transform):
         out = F.compensate_batch(batch, idx, p_gray=self.p_gray, sigma=self.sigma, seed=self.seed, epoch=epoch)
         return out[0] if single else out
 
+    def apply(self, *args: Any, **kwargs: Any) -> Any:
+        """``nn.Module.apply(fn)``; the old ``apply(images, indices)`` still works, deprecated: use `compensate`."""
+        fn = kwargs.get("fn", args[0] if len(args) == 1 and not kwargs else None)
+        if callable(fn):
+            return super().apply(fn)
+        warnings.warn("CorruptionCompensation.apply(images, indices) is deprecated: use compensate(images, indices)",
+                      DeprecationWarning, stacklevel=2)
+        return self.compensate(*args, **kwargs)
+
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        return {}
+        """One random key per batch position (the longest batch among the inputs), shared by all of them."""
+        size = max((x.shape[0] if getattr(x, "ndim", 3) == 4 else 1 for x in flat_inputs), default=1)
+        return {"keys": torch.randint(0, 2**32, (size,), dtype=torch.int64)}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, PIL.Image.Image):
             raise TypeError("CorruptionCompensation needs a uint8 tensor: put v2.PILToTensor() or v2.ToImage() before it")
         batch, single = _as_batch(inpt)
-        keys = torch.randint(0, 2**32, (batch.shape[0],), dtype=torch.int64).to(batch.device)
+        keys = params["keys"][:batch.shape[0]].to(batch.device)
         out = F.compensate_with_keys(batch, keys, p_gray=self.p_gray, sigma=self.sigma)
         out = out[0] if single else out
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
