@@ -173,7 +173,7 @@ def test_kill_and_resume_gives_each_sample_once(denoiser_dir, images, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while len(list(work.glob("chunk_*.npy"))) < 3:
+        while len(list(work.glob("shard_*.npz"))) < 3:
             assert proc.poll() is None, "purification ended before it could be killed"
             assert time.monotonic() < deadline, "no chunk finished in time"
             time.sleep(0.01)
@@ -181,7 +181,7 @@ def test_kill_and_resume_gives_each_sample_once(denoiser_dir, images, tmp_path):
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    done = {tuple(int(v) for v in p.stem.split("_")[1:]) for p in work.glob("chunk_*.npy")}
+    done = {tuple(int(v) for v in p.stem.split("_")[1:]) for p in work.glob("shard_*.npz")}
     assert 3 <= len(done) < 12, done
     done_idx = [i for a, b in done for i in range(a, b)]
 

@@ -59,12 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="images per U-Net call; the result is bit-identical at equal batch size and device, and "
                              "across batch sizes on CPU a rare pixel may differ by one grey level (default: 256)")
     parser.add_argument("--chunk-size", type=positive_int, default=None,
-                        help="images per resumable chunk (default max(batch, 1024)); distributed: images per "
-                             "shard (default batch)")
+                        help="images per resumable shard file (default max(batch, 1024); distributed: batch)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--work-dir", default=None,
-                        help="where chunks are kept (default OUTPUT.work; distributed: OUTPUT.shards)")
-    parser.add_argument("--keep-work", action="store_true", help="keep the chunk/shard files after writing the beton")
+                        help="where the shard files are kept (default OUTPUT.work; distributed: OUTPUT.shards)")
+    parser.add_argument("--keep-work", action="store_true", help="keep the shard files after writing the output")
     parser.add_argument("--npz", default=None, help="also write the purified arrays to this .npz")
     parser.add_argument("--preview", default=None, metavar="PNG",
                         help="write a PNG grid of original / purified / compensated samples")

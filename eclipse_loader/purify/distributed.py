@@ -9,11 +9,12 @@ This is the Lightning adapter around the framework-free `Purifier` and `shards` 
 * `PurificationModule` (LightningModule): ``predict_step`` purifies one block in U-Net batches.
 * `ShardWriter` (``BasePredictionWriter``): each rank writes the shards of its own blocks, then waits
   for the others at a barrier.
-* `purify_distributed`: runs the above; global rank 0 then assembles the beton in index order
-  (`assemble_beton`), refusing unless every index is present exactly once.
+* `purify_distributed`: runs the above; global rank 0 then writes the output in index order
+  (`eclipse_loader.purify.engine.write_purified`), refusing unless every index is present exactly once.
 
-Sample ``i``'s noise depends only on ``(seed, i)``, so at equal batch size the result is byte-identical to
-`purify_dataset`'s.
+The shards, their manifest and the output writer are the single-process engine's
+(`eclipse_loader.purify.engine`): sample ``i``'s noise depends only on ``(seed, i)``, so at equal batch
+size the result is byte-identical to `purify_dataset`'s.
 """
 from __future__ import annotations
 
@@ -28,13 +29,14 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
+from diffusers import DDPMScheduler
+
 from ..data.images import LabelledImages
-from ..denoiser.io import check_serves_t_star, load_denoiser
-from ..storage.beton import read_manifest, require_ffcv
-from ..storage.output import check_output
-from .purifier import Purifier, PurifyConfig
-from .run import cache_key, purification_metadata
-from .shards import assemble_beton, pending_blocks, prepare_job, save_shard
+from ..denoiser.io import check_serves_t_star, denoiser_hash, load_denoiser
+from ..storage.output import output_lock, remove_stale_temporaries
+from .engine import cache_key, check_outputs, is_up_to_date, purification_metadata, purify_block, write_purified
+from .purifier import Purifier, PurifyConfig, resolve_schedule
+from .shards import pending_blocks, prepare_job, save_shard
 from .workdir import remove_job_files
 
 PathLike = Union[str, os.PathLike]
@@ -115,10 +117,11 @@ class PurificationModule(pl.LightningModule):
     def __init__(self, denoiser_dir: PathLike, config: PurifyConfig, batch_size: int) -> None:
         super().__init__()
         unet, self._scheduler = load_denoiser(denoiser_dir, device="cpu")
-        self.config, self.batch_size = config, int(batch_size)
-        self.purifier = Purifier(unet, self._scheduler, config, device="cpu")  # validates; t_star for the manifest
-        check_serves_t_star(denoiser_dir, self.purifier.t_star)
+        self.config, self.batch_size, self.denoiser_dir = config, int(batch_size), denoiser_dir
+        self.t_star, self.timesteps = resolve_schedule(config, self._scheduler.alphas_cumprod)  # fails before the Trainer
+        check_serves_t_star(denoiser_dir, self.t_star)
         self.unet = unet  # a submodule, so Lightning moves it to this rank's device
+        self.purifier: Optional[Purifier] = None
 
     def on_predict_start(self) -> None:
         self.purifier = Purifier(self.unet, self._scheduler, self.config, device=self.device)
@@ -127,12 +130,9 @@ class PurificationModule(pl.LightningModule):
         start, stop, images = int(batch["start"]), int(batch["stop"]), batch["images"]
         if stop == start:
             return None
-        size = self.batch_size
-        parts = [
-            self.purifier.purify(images[s : s + size], range(start + s, min(start + s + size, stop)))
-            for s in range(0, stop - start, size)
-        ]
-        return {"indices": np.arange(start, stop, dtype=np.int64), "images": np.concatenate(parts)}
+        assert self.purifier is not None, "on_predict_start builds the purifier"
+        purified = purify_block(self.purifier, images, start, self.batch_size, self.denoiser_dir)
+        return {"indices": np.arange(start, stop, dtype=np.int64), "images": purified}
 
 
 class ShardWriter(BasePredictionWriter):
@@ -204,20 +204,19 @@ def purify_distributed(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if len(data) == 0:
         raise ValueError("nothing to purify: the dataset is empty")
-    out_beton = Path(out_beton)
-    if mode != "shards_only":
-        require_ffcv()
-        check_output(out_beton, data.images.nbytes + 8 * len(data), what="output")
-    key = cache_key(data, config, denoiser_dir)
-    if out_beton.is_file() and read_manifest(out_beton).get("metadata", {}).get("cache_key") == key:
-        _log.info("%s is up to date (cache key %s); skipping purification", out_beton, key[:12])
+    out_beton = check_outputs(out_beton, data, also_npz) if mode != "shards_only" else Path(out_beton)
+    denoiser_sha = denoiser_hash(denoiser_dir)
+    key = cache_key(data, config, denoiser_dir, denoiser_sha)
+    if is_up_to_date(out_beton, key, also_npz):
         return out_beton
     work = Path(work_dir) if work_dir is not None else out_beton.with_name(out_beton.name + ".shards")
-    if mode == "assemble_only":
-        unet, scheduler = load_denoiser(denoiser_dir, device="cpu")
-        metadata = purification_metadata(Purifier(unet, scheduler, config, device="cpu"), denoiser_dir, key)
-        return _assemble(work, data, out_beton, metadata, progress, also_npz, keep_work, work_dir is None)
-    shards = prepare_job(work, key, len(data), int(shard_size or batch_size))
+    if mode == "assemble_only":  # the schedule alone fills the manifest: no U-Net is loaded
+        scheduler = DDPMScheduler.from_pretrained(Path(denoiser_dir) / "scheduler")
+        metadata = purification_metadata(config, *resolve_schedule(config, scheduler.alphas_cumprod),
+                                         denoiser_dir, denoiser_sha, key)
+        return _assemble(work, data, out_beton, key, metadata, progress, also_npz, keep_work, work_dir is None)
+    outputs = (out_beton,) + (() if also_npz is None else (Path(also_npz),))
+    shards = prepare_job(work, key, len(data), int(shard_size or batch_size), outputs)
     module = PurificationModule(denoiser_dir, config, batch_size)
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                          callbacks=[ShardWriter(work)], logger=False, enable_checkpointing=False,
@@ -225,13 +224,15 @@ def purify_distributed(
     trainer.predict(module, datamodule=ShardBlocks(data.images, work, shards, num_workers), return_predictions=False)
     if trainer.global_rank != 0 or mode == "shards_only":
         return None
-    metadata = purification_metadata(module.purifier, denoiser_dir, key)
-    return _assemble(work, data, out_beton, metadata, progress, also_npz, keep_work, work_dir is None)
+    metadata = purification_metadata(config, module.t_star, module.timesteps, denoiser_dir, denoiser_sha, key)
+    return _assemble(work, data, out_beton, key, metadata, progress, also_npz, keep_work, work_dir is None)
 
 
-def _assemble(work: Path, data: LabelledImages, out_beton: Path, metadata: dict[str, Any], progress: bool,
+def _assemble(work: Path, data: LabelledImages, out_beton: Path, key: str, metadata: dict[str, Any], progress: bool,
               also_npz: Optional[PathLike], keep_work: bool, default_work: bool) -> Path:
-    path = assemble_beton(work, data, out_beton, metadata=metadata, progress=progress, also_npz=also_npz)
-    if not keep_work:
-        remove_job_files(work, remove_dir=default_work)
-    return path
+    with output_lock(out_beton):
+        remove_stale_temporaries(out_beton)
+        write_purified(work, data, out_beton, key, metadata, also_npz=also_npz, progress=progress)
+        if not keep_work:
+            remove_job_files(work, remove_dir=default_work)
+    return out_beton

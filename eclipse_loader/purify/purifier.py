@@ -135,6 +135,23 @@ def timesteps_for(t_star: int, steps: int) -> list[int]:
     return [int(t) for t in grid]
 
 
+def resolve_schedule(config: PurifyConfig, alphas_cumprod: torch.Tensor) -> tuple[int, list[int]]:
+    """``(t_star, timesteps)`` of ``config`` on a scheduler with these ``alphas_cumprod`` (no U-Net needed).
+
+    Raises:
+        ValueError: t* beyond the scheduler's timesteps, or more steps than t*.
+    """
+    abar = alphas_cumprod.double()
+    t_star = config.t_star if config.t_star is not None else t_star_for_noise_std(
+        abar, float(config.noise_std))  # type: ignore[arg-type]
+    if t_star > len(abar):
+        raise ValueError(f"t_star={t_star} exceeds the scheduler's {len(abar)} timesteps")
+    steps = config.steps if config.steps is not None else t_star
+    if steps > t_star:
+        raise ValueError(f"steps ({steps}) cannot exceed t_star ({t_star})")
+    return int(t_star), timesteps_for(int(t_star), steps)
+
+
 def sample_seed(seed: int, index: int) -> int:
     """Seed of sample ``index``'s generator: a 63-bit hash of ``(seed, index)``."""
     state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, np.uint32)
@@ -165,16 +182,7 @@ class Purifier:
         self.unet = unet.to(self.device).eval()
         make_batch_invariant(self.unet)
         self.alphas_cumprod = scheduler.alphas_cumprod.double()
-        num_t = len(self.alphas_cumprod)
-        t_star = config.t_star if config.t_star is not None else t_star_for_noise_std(
-            self.alphas_cumprod, float(config.noise_std))  # type: ignore[arg-type]
-        if t_star > num_t:
-            raise ValueError(f"t_star={t_star} exceeds the scheduler's {num_t} timesteps")
-        steps = config.steps if config.steps is not None else t_star
-        if steps > t_star:
-            raise ValueError(f"steps ({steps}) cannot exceed t_star ({t_star})")
-        self.t_star = int(t_star)
-        self.timesteps = timesteps_for(self.t_star, steps)
+        self.t_star, self.timesteps = resolve_schedule(config, self.alphas_cumprod)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Forward process in one shot: ``sqrt(abar) x0 + sqrt(1 - abar) noise`` at ``abar[t*-1]``."""

@@ -1,7 +1,8 @@
-"""Index-keyed shards of a purification job, and their exactly-once assembly into one beton.
+"""Index-keyed shards of a purification job: what is still to do, and their exactly-once collection.
 
-Framework-free (numpy only): the Lightning pass in `eclipse_loader.purify.distributed` writes the
-shards, this module decides what is still to do and puts the pieces back together.
+Framework-free (numpy only): `eclipse_loader.purify.engine` (one process, or each rank of the Lightning
+pass in `eclipse_loader.purify.distributed`) writes the shards, this module decides what is still to
+do and puts the pieces back together.
 
 Layout of a shard directory::
 
@@ -18,16 +19,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import zipfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterable, Union
 
 import numpy as np
 
-from ..data.images import LabelledImages
-from .run import WorkDirMismatchError
-from .workdir import open_work_dir
+from .workdir import WorkDirMismatchError, open_work_dir, write_atomic
 
 PathLike = Union[str, os.PathLike]
 JOB_MANIFEST = "job.json"
@@ -51,11 +49,6 @@ def shard_path(work: PathLike, start: int, stop: int) -> Path:
     return Path(work) / f"shard_{start:09d}_{stop:09d}.npz"
 
 
-def _tmp_name(path: Path) -> Path:
-    # unique per host and process: several nodes may share the directory
-    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-
-
 def save_shard(work: PathLike, indices: np.ndarray, images: np.ndarray) -> Path:
     """Write one shard atomically (temporary file, fsync, rename); returns its path.
 
@@ -69,24 +62,19 @@ def save_shard(work: PathLike, indices: np.ndarray, images: np.ndarray) -> Path:
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(indices):
         raise ValueError(f"images must be uint8 NHWC with {len(indices)} rows, got {images.dtype} {images.shape}")
     path = shard_path(work, int(indices[0]), int(indices[-1]) + 1)
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
-        np.savez(f, indices=indices, images=images)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda f: np.savez(f, indices=indices, images=images))
 
 
-def prepare_job(work: PathLike, key: str, num_samples: int, shard_size: int) -> int:
-    """Create or check ``work``'s job manifest; returns the shard size in force (the first run's).
+def prepare_job(work: PathLike, key: str, num_samples: int, shard_size: int, outputs: Iterable[PathLike] = ()) -> int:
+    """Create or check ``work`` (`open_work_dir`, tolerating the job's ``outputs`` in it) and its job
+    manifest; returns the shard size in force (the first run's).
 
     Safe to call from every rank at once: each writes identical content through its own temporary file.
 
     Raises:
         WorkDirMismatchError: ``work`` holds shards of another job (other inputs, config or denoiser).
     """
-    work = open_work_dir(work)
+    work = open_work_dir(work, outputs)
     manifest = work / JOB_MANIFEST
     if manifest.is_file():
         info = json.loads(manifest.read_text())
@@ -97,10 +85,8 @@ def prepare_job(work: PathLike, key: str, num_samples: int, shard_size: int) -> 
                 "use another work dir or delete it"
             )
         return int(info["shard_size"])
-    tmp = _tmp_name(manifest)
     info = {"layout": LAYOUT, "cache_key": key, "num_samples": num_samples, "shard_size": int(shard_size)}
-    tmp.write_text(json.dumps(info, sort_keys=True))
-    os.replace(tmp, manifest)
+    write_atomic(manifest, lambda f: f.write(json.dumps(info, sort_keys=True).encode()))
     return int(shard_size)
 
 
@@ -210,33 +196,3 @@ def collect_shards(work: PathLike, num_samples: int, image_shape: tuple[int, ...
         )
     return images
 
-
-def assemble_beton(
-    work: PathLike,
-    data: LabelledImages,
-    out_beton: PathLike,
-    *,
-    metadata: Optional[dict[str, Any]] = None,
-    progress: bool = True,
-    also_npz: Optional[PathLike] = None,
-) -> Path:
-    """Write the purified images of ``work`` (labels from ``data``) as one beton, in index order.
-
-    Checks first that the job manifest matches ``data``'s size and that every index is present
-    exactly once (`collect_shards`); nothing is written otherwise.
-    """
-    from ..storage.beton import write_beton
-
-    job = read_job(work)
-    if job.get("num_samples") != len(data):
-        raise ShardAssemblyError(f"{work} is a job over {job.get('num_samples')} samples, the dataset has {len(data)}")
-    if metadata is not None and metadata.get("cache_key") not in (None, job.get("cache_key")):
-        raise WorkDirMismatchError(
-            f"{work} holds shards of another job (cache key {str(job.get('cache_key'))[:12]}...)"
-        )
-    result = LabelledImages(collect_shards(work, len(data), data.image_shape), data.labels.copy(), data.num_classes)
-    if also_npz is not None:
-        from ..storage.output import save_npz
-
-        save_npz(also_npz, tag=f"{socket.gethostname()}-{os.getpid()}", images=result.images, labels=result.labels)
-    return write_beton(out_beton, result, metadata=metadata, progress=progress)

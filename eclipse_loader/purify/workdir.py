@@ -1,4 +1,4 @@
-"""A job's work directory (chunks or shards): checked before use, and cleaned of this job's files only.
+"""A job's work directory (shards): checked before use, written atomically, cleaned of this job's files only.
 
 A work directory may be the user's (``--work-dir``), so a job never deletes anything it did not
 write: it refuses a directory that holds other files, a symbolic link, or a link inside it, and at
@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
-from typing import Iterable, Union
+from typing import BinaryIO, Callable, Iterable, Union
+
+from ..storage.output import temporary_path
 
 PathLike = Union[str, os.PathLike]
-# the only names a purification job writes into its work directory
+# the only names a purification job writes into its work directory (chunk_*.npy and work.json: the
+# layout of earlier releases, recognised so that their leftovers are cleaned up)
 _OWN_NAME = re.compile(r"^(chunk_\d+_\d+\.npy|assembled\.npy|shard_\d+_\d+\.npz|work\.json|job\.json|\..+\.tmp(-[\w.-]+)?)$")
 # tolerated but never deleted here: output locks (`eclipse_loader.storage.output.output_lock`)
 _LOCK_NAME = re.compile(r"^\..+\.lock(\.pid)?$")
@@ -21,6 +25,29 @@ _LOCK_NAME = re.compile(r"^\..+\.lock(\.pid)?$")
 
 class WorkDirError(ValueError):
     """The work directory cannot be used safely (a link, a file, or it holds files of no job of ours)."""
+
+
+class WorkDirMismatchError(RuntimeError):
+    """The work directory holds the files of a different purification job."""
+
+
+def write_atomic(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Create ``path`` by ``write(file)`` under a temporary name, fsync it and rename it into place.
+
+    The file exists complete or not at all (even after SIGKILL or a power cut). The temporary name is
+    unique per host and process, since several nodes may share the directory.
+    """
+    path = Path(path)
+    tmp = temporary_path(path, f"{socket.gethostname()}-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def is_job_file(path: Path) -> bool:
