@@ -27,13 +27,19 @@ def test_poisons_stay_in_budget_and_are_classwise(poison):
 
 def test_demo_runs_end_to_end_with_tiny_settings(tmp_path, capsys):
     args = ["demo", "--workdir", str(tmp_path), "--preset", "tiny", "--denoiser-steps", "2", "--purify-steps", "1",
-            "--epochs", "1", "--no-clean-reference"]
+            "--epochs", "1", "--no-clean-reference", "--proxy-images", "100", "--proxy-epochs", "1"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "no defence (poisoned data)" in out and "ECLIPSE, default recipe (purified + compensation)" in out
+    names = {"no defence (poisoned data)", "auto (the defence chosen on the trusted set)",
+             "ECLIPSE, default recipe (purified + compensation)"}
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["accuracy"]) == {"no defence (poisoned data)", "ECLIPSE, default recipe (purified + compensation)"}
+    assert set(results["accuracy"]) == names
     for name, accuracy in results["accuracy"].items():  # a share of the 500 test images, and what was printed
         assert abs(accuracy * 500 - round(accuracy * 500)) < 1e-9, (name, accuracy)
-        assert f"{name:<40} {accuracy:6.1%}" in out
+        assert f"{name:<50} {accuracy:6.1%}" in out
+    # the selection table was printed, and the chosen recipe is the one the report wrote
+    table = (tmp_path / "auto" / "selection.md").read_text()
+    assert table.splitlines()[0] in out and "| none |" in table.replace("**", "")
+    written = json.loads((tmp_path / "auto" / "recipe.json").read_text())
+    assert all(written["recipe"][k] == v for k, v in results["chosen"].items())
     assert (tmp_path / "purified.beton").exists() and (tmp_path / "preview.png").exists()
