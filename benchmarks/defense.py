@@ -43,7 +43,7 @@ from eclipse_loader import poisons  # noqa: E402
 from protocols import GPU_PROTOCOLS, PROTOCOLS, Protocol  # noqa: E402,F401  (re-exported: ablation.py imports them from here)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10.npz"
-ATTACKS = ("ar", "lsp", "ops", "cuda", "classwise-noise", "em", "tap")
+ATTACKS = ("ar", "lsp", "ops", "cuda", "classwise-noise", "em", "tap", "rem", "hypocritical")
 #: every defence a cell can name; ``auto`` is resolved per cell by `Harness.resolve_auto`
 REGISTRY = {**DEFENSES, AUTO: Defense(AUTO, (), CROP_FLIP, AUTO_DESCRIPTION)}
 ADAPTIVE = ("em-adaptive-compensation", "em-adaptive-denoiser")
@@ -232,6 +232,14 @@ class Harness:
             if attack == "tap":
                 return poisons.targeted_adversarial(self.train, self.clean_model(), seed=self.seed, device=self.device,
                                                     log=log, **p.tap)
+            if attack == "rem":
+                return poisons.robust_error_minimizing(self.train, factory, seed=self.seed, device=self.device, log=log,
+                                                       **{**p.em, **p.rem})
+            if attack == "hypocritical":
+                settings = dict(p.hypocritical)
+                model = poisons.hypocritical_crafting_model(self.train, factory, epochs=settings.pop("crafting_epochs"),
+                                                            seed=self.seed, device=self.device)
+                return poisons.hypocritical(self.train, model, seed=self.seed, device=self.device, log=log, **settings)
             if attack == "em-adaptive-compensation":
                 return poisons.error_minimizing(self.train, factory, transform=poisons.compensation_eot(),
                                                 seed=self.seed, device=self.device, log=log, **p.em)

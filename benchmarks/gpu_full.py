@@ -44,13 +44,11 @@ from gpu_backdoor import append_markdown, run_backdoor
 from gpu_prefetch import MODEL_FREE, Prefetcher, chunked, load_npz, offline_path, save_npz
 from protocols import GPU_PROTOCOLS, GpuProtocol
 
-from eclipse_loader import poisons
 from eclipse_loader.data.images import LabelledImages
 from eclipse_loader.evaluation.airbench import autocast_factory, train_airbench, train_airbench_victim, with_autocast
 from eclipse_loader.evaluation.defenses import AUTO, DEFENSES, Defense, batch_transform
 from eclipse_loader.evaluation.victim import VictimResult, resnet18_cifar, train_victim
 
-EXTRA_ATTACKS = ("rem",) if hasattr(poisons, "robust_error_minimizing") else ()
 ORDER = ("none", "jpeg10", "eclipse", "grayscale", "eclipse-paper", AUTO)
 BACKDOORS = ("badnets", "blended")
 RESNET = "@resnet18"
@@ -104,10 +102,7 @@ class GpuHarness(Harness):
         path = self.workdir / "poisons" / f"{attack}.npz"
         if self.prefetch is not None and attack != "none":
             self.prefetch.wait_for(attack, path)
-        if attack == "rem":  # REM, once the poisons package has it: crafted with the EM settings
-            data = _cached_rem(self)
-        else:
-            data = super().poisoned(attack)
+        data = super().poisoned(attack)
         if self.prefetch is not None and attack not in MODEL_FREE and attack != "none":
             self.prefetch.submit(attack, path, craft=False)  # its JPEG / repaired sets, beside the GPU
         return data
@@ -153,14 +148,6 @@ class GpuHarness(Harness):
                                 "traceback": traceback.format_exc()[-2000:]})
 
 
-def _cached_rem(h: GpuHarness) -> LabelledImages:
-    from defense import cached
-
-    make = lambda: poisons.robust_error_minimizing(h.train, h._victim_factory(h.protocol.crafting_victim),  # noqa: E731
-                                                   seed=h.seed, device=h.device, log=log, **h.protocol.em)
-    return cached(h.workdir / "poisons" / "rem.npz", make, lambda s: h.record_timing("craft_rem_s", s))
-
-
 def plan(attacks: list[str], defenses: list[str], resnet18: bool) -> list[tuple[str, str]]:
     """The cells in the order they run: the clean row, every attack undefended, then one defence at a time
     in ``defenses`` order (so a budget cut drops whole trailing columns); within a defence the GPU-crafted
@@ -201,7 +188,7 @@ def report(h: GpuHarness, attacks: list[str], defenses: list[str], args: argpars
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--protocol", choices=sorted(GPU_PROTOCOLS), default="gpu-full")
-    ap.add_argument("--attacks", default=",".join((*ATTACKS, *EXTRA_ATTACKS)))
+    ap.add_argument("--attacks", default=",".join(ATTACKS))
     ap.add_argument("--defenses", default=",".join(ORDER),
                     help="run in this order, one column at a time (default: the headline comparison first)")
     ap.add_argument("--backdoors", default=",".join(BACKDOORS), help="DataElixir rows ('' for none)")
@@ -236,7 +223,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     protocol = GPU_PROTOCOLS[args.protocol]
     attacks, defenses = [a for a in args.attacks.split(",") if a], [d for d in args.defenses.split(",") if d]
-    known = (*ATTACKS, *EXTRA_ATTACKS)
+    known = ATTACKS
     for kind, chosen, names in (("attack", attacks, known), ("defense", defenses, tuple(REGISTRY)),
                                 ("backdoor", [b for b in args.backdoors.split(",") if b], BACKDOORS)):
         if [c for c in chosen if c not in names]:

@@ -34,6 +34,10 @@ class Protocol:
     crafting_victim: str = ""
     test_size: Optional[int] = None  # None: every test image not used as the sparse set
     denoiser_t_max: Optional[int] = None  # highest timestep the denoiser trains on (None: t_star - 1)
+    # REM beyond the ``em`` settings (adversarial radius, attack steps, EOT draws) and Hypocritical's settings
+    # (``crafting_epochs`` of the slightly trained crafting model, then `poisons.hypocritical` keywords)
+    rem: dict[str, Any] = field(default_factory=dict)
+    hypocritical: dict[str, Any] = field(default_factory=dict)
     # the ``auto`` column's selection: `ProxySettings` fields, ``t_stars``, ``budget_minutes``
     auto: dict[str, Any] = field(default_factory=dict)
 
@@ -45,6 +49,7 @@ PROTOCOLS = {
         denoiser_batch=32, denoiser_lr=1e-3, t_star=100, purify_steps=2,
         em=dict(pgd_steps=10, step_size=1.6 / 255, train_steps=10, max_rounds=5, stop_accuracy=0.99),
         tap=dict(steps=20), crafting_victim="quick_cnn",
+        rem=dict(adv_epsilon=4 / 255, adv_steps=3, eot_samples=2), hypocritical=dict(crafting_epochs=2, steps=20),
         # 1,000 proxy images x 30 epochs and t* in {100, 400} (18 candidates): ~10 min per cell on 2 cores
         auto=dict(images=1000, epochs=30, width=16, batch_size=128, t_stars=(100, 400))),
     "paper": Protocol(
@@ -52,14 +57,16 @@ PROTOCOLS = {
         recipe=paper_recipe(), denoiser_preset="paper", denoiser_steps=100_000, denoiser_batch=128,
         denoiser_lr=1e-4, t_star=100, purify_steps=None,
         em=dict(pgd_steps=20, step_size=0.8 / 255, train_steps=10, max_rounds=20, stop_accuracy=0.99),
-        tap=dict(steps=250), crafting_victim="resnet18"),
+        tap=dict(steps=250), crafting_victim="resnet18",
+        rem=dict(adv_epsilon=4 / 255, adv_steps=10, eot_samples=5), hypocritical=dict(crafting_epochs=10, steps=100)),
     # minutes-long end-to-end check of the harness itself (tests/test_defense_harness.py); numbers meaningless
     "smoke": Protocol(
         name="smoke", train_size=200, sparse_size=100, sparse_from="train", victim="small_cnn",
         recipe=TrainRecipe(epochs=1, batch_size=50, lr=0.05), denoiser_preset="tiny", denoiser_steps=3,
         denoiser_batch=16, denoiser_lr=1e-3, t_star=100, purify_steps=1,
         em=dict(pgd_steps=2, step_size=2 / 255, train_steps=2, max_rounds=1), tap=dict(steps=2),
-        crafting_victim="small_cnn", test_size=300, auto=dict(images=50, epochs=1, width=4, batch_size=25, t_stars=(100,), min_per_class=4)),
+        crafting_victim="small_cnn", test_size=300, rem=dict(adv_steps=1, eot_samples=1),
+        hypocritical=dict(crafting_epochs=1, steps=2), auto=dict(images=50, epochs=1, width=4, batch_size=25, t_stars=(100,), min_per_class=4)),
 }
 
 
@@ -92,6 +99,7 @@ GPU_PROTOCOLS = {
         em=dict(pgd_steps=10, step_size=1.6 / 255, train_steps=10, max_rounds=10, stop_accuracy=0.99,
                 batch_size=512),
         tap=dict(steps=100, batch_size=1024), crafting_victim="resnet18",
+        rem=dict(adv_epsilon=4 / 255, adv_steps=5, eot_samples=2), hypocritical=dict(crafting_epochs=2, steps=100),
         airbench=AirbenchConfig(), purify_batch=2048, purify_bf16=True,
         elixir=dict(noise_std=0.3, rounds=2, steps=2, tau=2, ratio=0.1, t_max=750, batch_size=1024),
         auto=dict(images=2000, epochs=30, width=16, batch_size=128, budget_minutes=3.0)),
@@ -102,6 +110,7 @@ GPU_PROTOCOLS = {
         denoiser_batch=16, denoiser_lr=1e-3, t_star=100, purify_steps=1, denoiser_t_max=399,
         em=dict(pgd_steps=2, step_size=2 / 255, train_steps=2, max_rounds=1, batch_size=100),
         tap=dict(steps=2, batch_size=100), crafting_victim="airbench94", test_size=200,
+        rem=dict(adv_steps=1, eot_samples=1), hypocritical=dict(crafting_epochs=1, steps=2),
         airbench=AirbenchConfig(epochs=1, batch_size=100, widths=(16, 32, 32)), purify_batch=100,
         elixir=dict(noise_std=0.3, rounds=1, steps=1, tau=1, ratio=0.1, t_max=750, batch_size=100),
         auto=dict(images=100, epochs=1, width=4, batch_size=50, t_stars=(100,)),

@@ -75,3 +75,23 @@ def test_auto_column_resolves_per_cell_and_reports_its_choice(tmp_path):
     assert choice["chosen"] in choice["validation_accuracy"] and choice["proxy"]["images"] == 50
     assert (tmp_path / "work" / "auto" / "ops" / "selection-cache.json").is_file()
     assert "ops|auto" in result["cell_seconds"] and "proxy" in result["defenses"]["auto"]
+
+
+def test_rem_and_hypocritical_rows_are_crafted_in_budget_and_cached(tmp_path, monkeypatch):
+    run = _run(tmp_path, "--defenses", "none", "--attacks", "rem,hypocritical")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    (result_path,) = (tmp_path / "out").glob("defense-smoke-*.json")
+    result = json.loads(result_path.read_text())
+    assert set(result["table"]) == {"none", "rem", "hypocritical"}
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from defense import PROTOCOLS, Harness
+
+    clean = Harness(PROTOCOLS["smoke"], tmp_path / "work", "cpu", 0, data=tmp_path / "cifar-layout.npz").train
+    for attack in ("rem", "hypocritical"):
+        assert f"craft_{attack}_s" in result["timings"]
+        with np.load(tmp_path / "work" / "poisons" / f"{attack}.npz") as crafted:
+            delta = crafted["images"].astype(int) - clean.images.astype(int)
+            assert np.array_equal(crafted["labels"], clean.labels)
+        assert 0 < np.abs(delta).max() <= 8  # perturbed, within 8/255
