@@ -179,7 +179,7 @@ def test_output_under_a_file_or_without_space_fails_first(tmp_path, monkeypatch)
     import shutil
     from collections import namedtuple
 
-    from eclipse_loader.storage.output import OutputError, check_output
+    from eclipse_loader.output_files import OutputError, check_output
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="file"):
@@ -217,7 +217,7 @@ def test_unwritable_output_folder_fails_first_even_as_root(tmp_path, monkeypatch
 
 @requires_ffcv
 def test_second_writer_is_told_who_holds_the_lock(tmp_path, denoiser, sample_npz, capsys):
-    from eclipse_loader.storage.output import output_lock
+    from eclipse_loader.output_files import output_lock
 
     out = tmp_path / "p.beton"
     with output_lock(out):

@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     if args.recipe != "auto":
         purify_config_from_args(args)  # a bad flag or recipe fails before the data is read
     if args.preview is not None:
-        from ..storage.output import check_output
+        from ..output_files import check_output
 
         check_output(args.preview, what="--preview")
     data = load_source(args.source)
@@ -222,7 +222,7 @@ def _write_unpurified(args: argparse.Namespace, data: LabelledImages, original: 
 
     out = Path(args.output)
     if out.suffix == ".npz":
-        from ..storage.output import check_output, save_npz
+        from ..output_files import check_output, save_npz
 
         check_output(out, data.images.nbytes)
         save_npz(out, images=data.images, labels=data.labels)

@@ -33,7 +33,7 @@ from diffusers import DDPMScheduler
 
 from ..data.images import LabelledImages
 from ..denoiser.io import check_serves_t_star, denoiser_hash, load_denoiser
-from ..storage.output import output_lock, remove_stale_temporaries
+from ..output_files import output_lock, remove_stale_temporaries
 from .engine import cache_key, check_outputs, is_up_to_date, purification_metadata, purify_block, write_purified
 from .purifier import Purifier, PurifyConfig, resolve_schedule
 from .shards import pending_blocks, prepare_job, save_shard

@@ -26,7 +26,7 @@ import numpy as np
 from ..data.images import LabelledImages
 from ..denoiser.io import denoiser_hash
 from ..storage.beton import read_manifest, require_ffcv, write_beton
-from ..storage.output import check_output, save_npz
+from ..output_files import check_output, save_npz
 from .purifier import NonFiniteOutputError, Purifier, PurifyConfig
 from .shards import ShardAssemblyError, collect_shards, read_job
 from .workdir import WorkDirMismatchError

@@ -54,7 +54,7 @@ def save_preview(
         return torch.from_numpy(np.ascontiguousarray(images[idx.numpy()])).permute(0, 3, 1, 2).contiguous()
 
     orig, pure = chw(original), chw(purified)
-    comp = CorruptionCompensation(p_gray, sigma, seed).apply(pure, idx)
+    comp = CorruptionCompensation(p_gray, sigma, seed).compensate(pure, idx)
     grid = torch.cat([orig, pure, comp]).float() / 255.0
     if upscale > 1:
         grid = torch.nn.functional.interpolate(grid, scale_factor=int(upscale), mode="nearest")

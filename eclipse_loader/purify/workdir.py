@@ -13,13 +13,13 @@ import socket
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Union
 
-from ..storage.output import temporary_path
+from ..output_files import temporary_path
 
 PathLike = Union[str, os.PathLike]
 # the only names a purification job writes into its work directory (chunk_*.npy and work.json: the
 # layout of earlier releases, recognised so that their leftovers are cleaned up)
 _OWN_NAME = re.compile(r"^(chunk_\d+_\d+\.npy|assembled\.npy|shard_\d+_\d+\.npz|work\.json|job\.json|\..+\.tmp(-[\w.-]+)?)$")
-# tolerated but never deleted here: output locks (`eclipse_loader.storage.output.output_lock`)
+# tolerated but never deleted here: output locks (`eclipse_loader.output_files.output_lock`)
 _LOCK_NAME = re.compile(r"^\..+\.lock(\.pid)?$")
 
 

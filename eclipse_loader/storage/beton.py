@@ -27,7 +27,7 @@ from ..data.images import LabelledImages
 from ..machine import usable_cores
 from .format import (FFCV_EXTRA_HINT, MANIFEST_SUFFIX, DamagedBetonError, PathLike, manifest_path,  # noqa: F401
                      read_manifest, require_ffcv)
-from .output import check_output, lock_files, output_lock, remove_stale_temporaries, temporary_path
+from ..output_files import check_output, lock_files, output_lock, remove_stale_temporaries, temporary_path
 from .reader import check_beton, read_beton  # noqa: F401 (re-exported)
 
 WriteMode = Literal["raw", "jpg", "smart", "proportion"]
