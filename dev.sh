@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set-up and entry points. Each command installs whatever is missing first and is safe to re-run:
 #   ./dev.sh demo   - the whole ECLIPSE pipeline end to end on the embedded CIFAR-10 sample
-#   ./dev.sh test   - the test suite
+#   ./dev.sh test   - the whole test suite; extra arguments go to pytest, e.g.
+#                     ./dev.sh test -m "not slow"   (the quick subset: no DDP, subprocess or harness runs)
+#                     ./dev.sh test tests/core      (one layer: core, ffcv, lightning, defenses, harness)
 #   ./dev.sh setup  - only the installation
 # Installs: Debian packages FFCV needs to build (pkg-config, libturbojpeg, libopencv), a venv in .venv,
 # and the package with its [dev] extra. Set ECLIPSE_VENV to use another venv location.

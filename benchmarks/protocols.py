@@ -59,7 +59,7 @@ PROTOCOLS = {
         em=dict(pgd_steps=20, step_size=0.8 / 255, train_steps=10, max_rounds=20, stop_accuracy=0.99),
         tap=dict(steps=250), crafting_victim="resnet18",
         rem=dict(adv_epsilon=4 / 255, adv_steps=10, eot_samples=5), hypocritical=dict(crafting_epochs=10, steps=100)),
-    # minutes-long end-to-end check of the harness itself (tests/test_defense_harness.py); numbers meaningless
+    # minutes-long end-to-end check of the harness itself (tests/harness/test_defense_harness.py); numbers meaningless
     "smoke": Protocol(
         name="smoke", train_size=200, sparse_size=100, sparse_from="train", victim="small_cnn",
         recipe=TrainRecipe(epochs=1, batch_size=50, lr=0.05), denoiser_preset="tiny", denoiser_steps=3,

@@ -21,10 +21,29 @@ def _ffcv_importable() -> bool:
     return ffcv_available()
 
 
-requires_ffcv = pytest.mark.skipif(
-    not _ffcv_importable() and os.environ.get("ECLIPSE_REQUIRE_FFCV") != "1",
-    reason="ffcv not importable (set ECLIPSE_REQUIRE_FFCV=1 to make this a failure)",
-)
+requires_ffcv = pytest.mark.ffcv
+"""Marks a test (or a ``pytest.param``) as needing ffcv: skipped where ffcv cannot be imported, unless
+``ECLIPSE_REQUIRE_FFCV=1`` (``./dev.sh test``) makes that a failure; ``-m "not ffcv"`` deselects it."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Turn the ``ffcv`` and ``gpu`` markers into skips where ffcv or CUDA is missing."""
+    skip_ffcv = pytest.mark.skip(reason="ffcv not importable (set ECLIPSE_REQUIRE_FFCV=1 to make this a failure)")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    ffcv_missing = gpu_missing = None  # decided on first use: importing ffcv or torch.cuda takes seconds
+    for item in items:
+        if item.get_closest_marker("ffcv") is not None:
+            if ffcv_missing is None:
+                ffcv_missing = not _ffcv_importable() and os.environ.get("ECLIPSE_REQUIRE_FFCV") != "1"
+            if ffcv_missing:
+                item.add_marker(skip_ffcv)
+        if item.get_closest_marker("gpu") is not None:
+            if gpu_missing is None:
+                import torch
+
+                gpu_missing = not torch.cuda.is_available()
+            if gpu_missing:
+                item.add_marker(skip_gpu)
 
 
 def embedded_cifar() -> dict[str, np.ndarray]:

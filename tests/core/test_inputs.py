@@ -1,0 +1,129 @@
+"""Bad inputs give a clear error naming the problem, and leave no output file behind."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eclipse_loader.cli import main
+from eclipse_loader.data.images import InvalidInputError, as_labelled_images
+from eclipse_loader.data.sources import from_npz, from_torchvision, load_source
+
+from ..conftest import requires_ffcv
+
+
+def _write_npz(tmp_path, images, labels, name="data.npz"):
+    path = tmp_path / name
+    np.savez(path, images=images, labels=labels)
+    return path
+
+
+BAD_INPUTS = {
+    "wrong dtype": (lambda x, y: (x.astype(np.float32) / 255, y), "must be uint8"),
+    "channels first": (lambda x, y: (x.transpose(0, 3, 1, 2).copy(), y), "channels-first"),
+    "wrong rank": (lambda x, y: (x.reshape(len(x), -1), y), "dimensions"),
+    "one channel": (lambda x, y: (x[..., :1].copy(), y), "single-channel"),
+    "label out of range": (lambda x, y: (x, np.where(np.arange(len(y)) == 7, 10, y)), "index 7 is 10"),
+    "negative label": (lambda x, y: (x, np.where(np.arange(len(y)) == 3, -1, y)), "index 3 is -1"),
+    "mismatched lengths": (lambda x, y: (x, y[:-1]), "lengths must match"),
+}
+
+
+@requires_ffcv
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_npz_is_refused_by_the_cli_and_nothing_is_written(case, cifar, tmp_path, capsys):
+    make, message = BAD_INPUTS[case]
+    images, labels = make(cifar["train_x"][:20], cifar["train_y"][:20].astype(np.int64))
+    source = _write_npz(tmp_path, images, labels)
+    out = tmp_path / "out" / "data.beton"
+    args = ["write-beton", f"npz:{source}", str(out), "--num-classes", "10"]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob("out/*"))
+
+
+def test_label_range_is_checked_against_num_classes(cifar):
+    with pytest.raises(InvalidInputError, match="index 2 is 9, outside \\[0, 5\\)"):
+        as_labelled_images(cifar["train_x"][:4], np.array([0, 1, 9, 2]), num_classes=5)
+
+
+def test_grayscale_is_converted_only_when_asked(cifar):
+    gray = cifar["train_x"][:5, :, :, 0]
+    with pytest.raises(InvalidInputError, match="grayscale='convert'"):
+        as_labelled_images(gray, np.zeros(5))
+    data = as_labelled_images(gray, np.zeros(5), grayscale="convert")
+    assert data.images.shape == (5, 32, 32, 3)
+    assert (data.images[..., 1] == gray).all() and (data.images[..., 2] == gray).all()
+
+
+def test_npz_keys_are_guessed_or_named(cifar, tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, pix=cifar["train_x"][:8], cls=cifar["train_y"][:8])
+    with pytest.raises(InvalidInputError, match="name the image and label arrays"):
+        from_npz(path)
+    data = load_source(f"npz:{path}:pix:cls")
+    assert len(data) == 8 and (data.images == cifar["train_x"][:8]).all()
+
+
+def _image_folder(tmp_path, cifar, n=6):
+    import PIL.Image
+
+    root = tmp_path / "folder"
+    for i in range(n):
+        cls_dir = root / f"class_{int(cifar['train_y'][i]) % 2}"
+        cls_dir.mkdir(parents=True, exist_ok=True)
+        PIL.Image.fromarray(cifar["train_x"][i]).save(cls_dir / f"img_{i}.png")
+    return root
+
+
+def test_image_folder_round_trip(tmp_path, cifar):
+    from torchvision.datasets import ImageFolder
+
+    root = _image_folder(tmp_path, cifar)
+    data = from_torchvision(ImageFolder(root))
+    assert data.images.shape == (6, 32, 32, 3) and data.num_classes == 2
+    originals = {cifar["train_x"][i].tobytes() for i in range(6)}
+    assert {img.tobytes() for img in data.images} == originals
+
+
+@requires_ffcv
+def test_corrupt_image_in_folder_is_named_and_nothing_is_written(tmp_path, cifar, capsys):
+    root = _image_folder(tmp_path, cifar)
+    bad = sorted((root / "class_0").iterdir())[0]
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    out = tmp_path / "out.beton"
+    assert main(["write-beton", f"imagefolder:{root}", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read sample" in err and bad.name in err
+    assert not out.exists() and not list(tmp_path.glob(".out.beton*"))
+
+
+def test_mixed_sizes_need_resize(tmp_path, cifar):
+    import PIL.Image
+    from torchvision.datasets import ImageFolder
+
+    root = _image_folder(tmp_path, cifar)
+    odd = sorted((root / "class_1").iterdir())[0]
+    PIL.Image.fromarray(cifar["train_x"][0]).resize((40, 36)).save(odd)
+    with pytest.raises(InvalidInputError, match="has size \\(36, 40\\).*resize"):
+        from_torchvision(ImageFolder(root))
+    assert from_torchvision(ImageFolder(root), resize=(32, 32)).images.shape == (6, 32, 32, 3)
+
+
+def test_unknown_source_is_explained():
+    with pytest.raises(ValueError, match="unknown data source 'ftp:x'"):
+        load_source("ftp:x")
+
+
+def test_torchvision_cifar_and_svhn_layouts(cifar):
+    from torchvision.datasets import CIFAR10, SVHN
+
+    cifar_ds = CIFAR10.__new__(CIFAR10)  # as after download: .data NHWC uint8, .targets list
+    cifar_ds.data, cifar_ds.targets, cifar_ds.transform = cifar["train_x"][:12], list(cifar["train_y"][:12]), None
+    cifar_ds.classes = [str(c) for c in range(10)]
+    data = from_torchvision(cifar_ds)
+    assert data.num_classes == 10 and np.array_equal(data.images, cifar["train_x"][:12])
+
+    svhn_ds = SVHN.__new__(SVHN)  # SVHN keeps NCHW arrays and .labels
+    svhn_ds.data, svhn_ds.labels, svhn_ds.transform = cifar["train_x"][:12].transpose(0, 3, 1, 2), cifar["train_y"][:12], None
+    data = from_torchvision(svhn_ds)
+    assert np.array_equal(data.images, cifar["train_x"][:12])

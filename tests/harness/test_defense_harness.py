@@ -1,0 +1,102 @@
+"""benchmarks/defense.py end to end on its `smoke` protocol: output schema, disjoint splits, resume."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "defense.py"
+
+
+def _run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    data = tmp_path / "cifar-layout.npz"  # the embedded sample in the full archive's layout
+    if not data.exists():
+        import numpy as np
+
+        from ..conftest import embedded_cifar
+
+        np.savez(data, **embedded_cifar())
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--protocol", "smoke", "--attacks", "ops,lsp", "--defenses", "none,eclipse",
+         "--adaptive", "", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--data", str(data),
+         *extra],
+        capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_smoke_table_has_the_schema_and_resumes(tmp_path):
+    first = _run(tmp_path)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    (result_path,) = (tmp_path / "out").glob("defense-smoke-*.json")
+    result = json.loads(result_path.read_text())
+    for key in ("protocol", "machine", "command", "clean_accuracy", "table", "mean_accuracy_by_defense"):
+        assert key in result
+    assert set(result["table"]) == {"none", "ops", "lsp"}
+    assert all(set(row) == {"none", "eclipse"} for row in result["table"].values())
+    assert result["clean_accuracy"] == result["table"]["none"]["none"]
+    mean = (result["table"]["ops"]["eclipse"] + result["table"]["lsp"]["eclipse"]) / 2
+    assert abs(result["mean_accuracy_by_defense"]["eclipse"] - mean) < 1e-12  # the "none" row is not in the mean
+    assert result["complete"] is True
+    assert result_path.with_suffix(".md").is_file() and result_path.with_suffix(".png").stat().st_size > 1000
+    cells = (tmp_path / "work" / "cells.jsonl").read_text().splitlines()
+    assert len(cells) == 6
+
+    second = _run(tmp_path)  # everything cached: no new cell, same table
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (tmp_path / "work" / "cells.jsonl").read_text().splitlines() == cells
+    assert json.loads(result_path.read_text())["table"] == result["table"]
+
+    # another victim seed: the cached poisons and purified sets, its own cells and output files
+    purified = sorted(p.name for p in (tmp_path / "work" / "purified").iterdir())
+    third = _run(tmp_path, "--defenses", "none", "--victim-seed", "1")
+    assert third.returncode == 0, third.stderr[-3000:]
+    (seeded,) = (tmp_path / "out").glob("defense-smoke-*-victim-seed1.json")
+    other = json.loads(seeded.read_text())
+    assert other["victim_seed"] == 1 and set(other["table"]) == {"none", "ops", "lsp"}
+    assert len((tmp_path / "work" / "cells-victim-seed1.jsonl").read_text().splitlines()) == 3
+    assert (tmp_path / "work" / "cells.jsonl").read_text().splitlines() == cells
+    assert json.loads(result_path.read_text())["table"] == result["table"]  # the seed-0 table is untouched
+    assert sorted(p.name for p in (tmp_path / "work" / "purified").iterdir()) == purified
+
+
+def test_unknown_attack_is_refused(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--protocol", "smoke", "--attacks", "em,xyz",
+                             "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "xyz" in result.stderr
+
+
+@pytest.mark.slow
+def test_auto_column_resolves_per_cell_and_reports_its_choice(tmp_path):
+    run = _run(tmp_path, "--defenses", "none,auto", "--attacks", "ops")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    (result_path,) = (tmp_path / "out").glob("defense-smoke-*.json")
+    result = json.loads(result_path.read_text())
+    assert set(result["table"]["ops"]) == {"none", "auto"} and set(result["auto_choices"]) == {"none", "ops"}
+    choice = result["auto_choices"]["ops"]
+    assert choice["chosen"] in choice["validation_accuracy"] and choice["proxy"]["images"] == 50
+    assert (tmp_path / "work" / "auto" / "ops" / "selection-cache.json").is_file()
+    assert "ops|auto" in result["cell_seconds"] and "proxy" in result["defenses"]["auto"]
+
+
+@pytest.mark.slow
+def test_rem_and_hypocritical_rows_are_crafted_in_budget_and_cached(tmp_path, monkeypatch):
+    run = _run(tmp_path, "--defenses", "none", "--attacks", "rem,hypocritical")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    (result_path,) = (tmp_path / "out").glob("defense-smoke-*.json")
+    result = json.loads(result_path.read_text())
+    assert set(result["table"]) == {"none", "rem", "hypocritical"}
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from defense import PROTOCOLS, Harness
+
+    clean = Harness(PROTOCOLS["smoke"], tmp_path / "work", "cpu", 0, data=tmp_path / "cifar-layout.npz").train
+    for attack in ("rem", "hypocritical"):
+        assert f"craft_{attack}_s" in result["timings"]
+        with np.load(tmp_path / "work" / "poisons" / f"{attack}.npz") as crafted:
+            delta = crafted["images"].astype(int) - clean.images.astype(int)
+            assert np.array_equal(crafted["labels"], clean.labels)
+        assert 0 < np.abs(delta).max() <= 8  # perturbed, within 8/255
