@@ -189,20 +189,33 @@ def targeted_adversarial(
     """
     if target_shift % data.num_classes == 0:
         raise ValueError(f"target_shift={target_shift} maps every class to itself")
-    step_size = step_size if step_size is not None else max(2.5 * epsilon / steps, epsilon / 10)
+    targets = (torch.from_numpy(data.labels).long() + target_shift) % data.num_classes
+    return perturb_against(data, model, targets, epsilon=epsilon, step_size=step_size, steps=steps,
+                           batch_size=batch_size, transform=transform or random_flip, seed=seed, device=device,
+                           log=log, name="TAP")
+
+
+def perturb_against(data: LabelledImages, model: nn.Module, targets: torch.Tensor, *, epsilon: float,
+                    step_size: Optional[float], steps: int, batch_size: int, transform: Transform, seed: int,
+                    device: Union[str, torch.device], log: Log, name: str) -> LabelledImages:
+    """``steps`` of loss-lowering PGD from zero noise towards ``targets`` against a fixed ``model`` seen through
+    ``transform`` (TAP: shifted labels; Hypocritical: the true labels). ``step_size`` None: ``max(2.5 * epsilon /
+    steps, epsilon / 10)``. The model's mode and gradients are restored afterwards."""
+    step_size = step_size if step_size is not None else max(2.5 * epsilon / max(steps, 1), epsilon / 10)
     _check_eps(epsilon, step_size, steps)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
     torch.manual_seed(seed)
-    model = model.to(device).eval()
-    model.requires_grad_(False)
-    clean, labels = _as_float(data)
-    targets = (labels + target_shift) % data.num_classes
+    was_training = model.training
+    model = model.to(device).eval().requires_grad_(False)
+    clean, _ = _as_float(data)
     delta = torch.zeros_like(clean)
     for start in range(0, len(data), batch_size):
         sl = slice(start, start + batch_size)
         delta[sl] = _pgd(model, clean[sl].to(device), delta[sl].to(device), targets[sl].to(device), epsilon=epsilon,
-                         step_size=step_size, steps=steps, sign=-1.0, transform=transform or random_flip).cpu()
+                         step_size=step_size, steps=steps, sign=-1.0, transform=transform).cpu()
         if log is not None and (start // batch_size) % 10 == 0:
-            log(f"  TAP: {min(start + batch_size, len(data))}/{len(data)} images")
-    model.requires_grad_(True)
+            log(f"  {name}: {min(start + batch_size, len(data))}/{len(data)} images")
+    model.requires_grad_(True).train(was_training)
     return _as_poisoned(data, clean, delta)

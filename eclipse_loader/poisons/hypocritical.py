@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..data.images import LabelledImages
-from .crafted import Log, Transform, _as_float, _as_poisoned, _check_eps, _pgd
+from .crafted import Log, Transform, perturb_against
 from .rem import random_crop_flip
 
 
@@ -61,24 +61,7 @@ def hypocritical(
     ``max(2.5 * epsilon / steps, epsilon / 10)`` (TAP's rule; ``epsilon / 10`` at 100 steps).
     Starts from zero noise; deterministic given ``seed``. Labels are unchanged.
     """
-    if step_size is None:
-        step_size = max(2.5 * epsilon / max(steps, 1), epsilon / 10)
-    _check_eps(epsilon, step_size, steps)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device)
-    torch.manual_seed(seed)
-    was_training = crafting_model.training
-    model = crafting_model.to(device).eval().requires_grad_(False)
-    view = transform or random_crop_flip
-    clean, labels = _as_float(train)
-    parts = []
-    for images, targets in zip(clean.split(batch_size), labels.split(batch_size)):
-        images = images.to(device)
-        parts.append(_pgd(model, images, torch.zeros_like(images), targets.to(device), epsilon=epsilon,
-                          step_size=step_size, steps=steps, sign=-1.0, transform=view).cpu())
-        if log is not None and len(parts) % 10 == 1:
-            log(f"  hypocritical: {min(len(parts) * batch_size, len(train))}/{len(train)} images")
-    model.requires_grad_(True).train(was_training)
-    delta = torch.cat(parts)
-    return _as_poisoned(train, clean, delta)
+    labels = torch.from_numpy(train.labels).long()
+    return perturb_against(train, crafting_model, labels, epsilon=epsilon, step_size=step_size, steps=steps,
+                           batch_size=batch_size, transform=transform or random_crop_flip, seed=seed, device=device,
+                           log=log, name="hypocritical")
