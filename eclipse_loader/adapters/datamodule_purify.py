@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Optional, Union
+from typing import TYPE_CHECKING, Literal, Union
 
 from ..data.images import LabelledImages
 from ..recipes import Recipe
@@ -23,13 +23,27 @@ def check_purify_steps(steps: PurifySteps) -> PurifySteps:
     raise ValueError(f"purify_steps must be a positive integer, 'full' or None (the recipe's), got {steps!r}{hint}")
 
 
-def datamodule_purify_config(recipe: Recipe, steps: PurifySteps, repair_threshold: Optional[int], sampler: str,
+RepairThreshold = Union[int, Literal["off"], None]
+"""Grey levels of the outlier-pixel repair, ``"off"`` (no repair) or None (the recipe's), as ``--repair-threshold``
+and ``--no-repair``."""
+
+
+def check_repair_threshold(threshold: RepairThreshold) -> RepairThreshold:
+    """``threshold`` unchanged, or ValueError naming ``repair_threshold`` (no negative sentinel: off is ``"off"``)."""
+    if threshold is None or threshold == "off" or (
+            isinstance(threshold, int) and not isinstance(threshold, bool) and threshold >= 0):
+        return threshold
+    hint = " (no repair is repair_threshold='off')" if isinstance(threshold, int) and threshold < 0 else ""
+    raise ValueError(f"repair_threshold must be a non-negative integer, 'off' or None (the recipe's), "
+                     f"got {threshold!r}{hint}")
+
+
+def datamodule_purify_config(recipe: Recipe, steps: PurifySteps, repair_threshold: RepairThreshold, sampler: str,
                              seed: int) -> PurifyConfig:
-    """The recipe's purification settings, overridden by the DataModule's arguments (``repair_threshold``
-    below 0: no outlier repair)."""
-    repair_off = repair_threshold is not None and repair_threshold < 0
-    return recipe.purify_config(steps=check_purify_steps(steps), repair_threshold=None if repair_off else repair_threshold,
-                                repair=not repair_off, sampler=sampler, seed=seed)
+    """The recipe's purification settings, overridden by the DataModule's arguments."""
+    off = check_repair_threshold(repair_threshold) == "off"
+    return recipe.purify_config(steps=check_purify_steps(steps), repair=not off, sampler=sampler, seed=seed,
+                                repair_threshold=None if off else repair_threshold)  # type: ignore[arg-type]
 
 
 def purified_file(data: LabelledImages, config: PurifyConfig, denoiser: str, cache_dir: Path, ffcv: bool,

@@ -21,7 +21,8 @@ import numpy as np
 from ..data.images import LabelledImages, as_labelled_images
 from ..data.sources import load_source
 from ..loading.config import AugmentConfig
-from .datamodule_purify import PurifySteps, check_purify_steps, datamodule_purify_config, purified_file
+from .datamodule_purify import (PurifySteps, RepairThreshold, check_purify_steps, check_repair_threshold,
+                                datamodule_purify_config, purified_file)
 from .lightning_loaders import (Backend, build_loader, check_channels, check_image_sizes, datamodule_recipe,
                                 ffcv_available, resolve_backend)
 
@@ -64,7 +65,8 @@ class EclipseDataModule(pl.LightningDataModule):
         t_star: purification noise level as a diffusion timestep (None: the recipe's).
         purify_steps: reverse steps of the purification: a positive number, ``"full"`` (all t* of them) or
             None (the recipe's), as ``eclipse-loader purify --steps``.
-        repair_threshold: repair isolated outlier pixels before purifying (None: the recipe's; -1: off).
+        repair_threshold: grey levels of the outlier-pixel repair before purifying, ``"off"`` (no repair) or
+            None (the recipe's), as ``eclipse-loader purify --repair-threshold N`` / ``--no-repair``.
         purify_sampler: ``"ddpm"`` (stochastic, the paper's) or ``"ddim"`` (deterministic).
         purify_batch_size: batch size of the purification pass.
         purify_device: device of the purification pass (``"cpu"``, ``"cuda"``).
@@ -94,7 +96,7 @@ class EclipseDataModule(pl.LightningDataModule):
         denoiser: Optional[str] = None,
         t_star: Optional[int] = None,
         purify_steps: PurifySteps = None,
-        repair_threshold: Optional[int] = None,
+        repair_threshold: RepairThreshold = None,
         purify_sampler: str = "ddpm",
         purify_batch_size: int = 256,
         purify_device: str = "cpu",
@@ -104,6 +106,7 @@ class EclipseDataModule(pl.LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         check_purify_steps(purify_steps)
+        check_repair_threshold(repair_threshold)
         if purify and not denoiser:
             raise ValueError("purify=True needs denoiser=DIR (train one with `eclipse-loader train-denoiser`)")
         self.recipe = datamodule_recipe(recipe, purify).with_overrides(t_star=t_star)

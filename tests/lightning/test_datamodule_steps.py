@@ -31,3 +31,16 @@ def test_zero_no_longer_means_the_full_chain():
 def test_other_values_are_refused_naming_the_argument(steps):
     with pytest.raises(ValueError, match="purify_steps must be a positive integer, 'full' or None"):
         datamodule(purify_steps=steps)
+
+
+@pytest.mark.parametrize("threshold, expected", [(None, DEFAULT_RECIPE.repair_threshold), ("off", None), (30, 30),
+                                                 (0, 0)])
+def test_repair_threshold_reaches_the_purify_config(threshold, expected):
+    assert datamodule(repair_threshold=threshold).purify_config().repair_threshold == expected
+
+
+@pytest.mark.parametrize("threshold", [-1, True, "none", 4.0])
+def test_repair_has_no_negative_sentinel(threshold):
+    hint = r" \(no repair is repair_threshold='off'\)" if threshold == -1 and threshold is not True else ""
+    with pytest.raises(ValueError, match=r"repair_threshold must be a non-negative integer, 'off' or None .*" + hint):
+        datamodule(repair_threshold=threshold)
