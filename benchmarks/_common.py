@@ -41,6 +41,11 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def log(message: str) -> None:
+    """One progress line with the wall-clock time, flushed."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
 def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 

@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -27,12 +26,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, command_line, grouped_bar_plot, machine_info  # noqa: E402
-from defense import ATTACKS, PROTOCOLS, Harness, log  # noqa: E402
+from _common import RESULTS, command_line, grouped_bar_plot, machine_info
+from defense import ATTACKS, PROTOCOLS, Harness, log
 
-from eclipse_loader.evaluation.defenses import COMPENSATION, CROP_FLIP, DEFENSES, Defense, PurifySettings  # noqa: E402
-from eclipse_loader.loading.config import AugmentConfig  # noqa: E402
+from eclipse_loader.evaluation.defenses import COMPENSATION, CROP_FLIP, DEFENSES, Defense, PurifySettings
+from eclipse_loader.loading.config import AugmentConfig
 
 MILD = AugmentConfig(flip=True, translate_padding=4, compensate=True, p_gray=0.1, sigma=0.02)
 MID = AugmentConfig(flip=True, translate_padding=4, compensate=True, p_gray=0.2, sigma=0.03)

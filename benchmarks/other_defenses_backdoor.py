@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -43,14 +42,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, command_line, machine_info  # noqa: E402
+from _common import RESULTS, command_line, machine_info
 
-from eclipse_loader.data.images import LabelledImages  # noqa: E402
-from eclipse_loader.data.sparse import check_overlap, select_sparse_indices  # noqa: E402
-from eclipse_loader.evaluation.defenses import CROP_FLIP  # noqa: E402
-from eclipse_loader.evaluation.victim import TrainRecipe, evaluate, quick_cnn, train_classifier  # noqa: E402
-from eclipse_loader.poisons.backdoors import (  # noqa: E402
+from eclipse_loader.data.images import LabelledImages
+from eclipse_loader.data.sparse import check_overlap, select_sparse_indices
+from eclipse_loader.evaluation.defenses import CROP_FLIP
+from eclipse_loader.evaluation.victim import TrainRecipe, evaluate, quick_cnn, train_classifier
+from eclipse_loader.poisons.backdoors import (
     BackdoorPoison, BadNetsTrigger, BlendedTrigger, SIGTrigger, attack_success_rate, poison_dataset)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10.npz"

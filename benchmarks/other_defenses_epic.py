@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -36,15 +35,14 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, command_line, machine_info  # noqa: E402
+from _common import RESULTS, command_line, machine_info
 
-from eclipse_loader.data.images import LabelledImages  # noqa: E402
-from eclipse_loader.data.sparse import select_sparse_indices  # noqa: E402
-from eclipse_loader.defenses.epic import EpicSampler, EpicSchedule, select_isolated  # noqa: E402
-from eclipse_loader.evaluation.defenses import CROP_FLIP  # noqa: E402
-from eclipse_loader.evaluation.victim import TrainRecipe, evaluate, quick_cnn, train_classifier  # noqa: E402
-from eclipse_loader.poisons.targeted import plant_feature_collision, plant_gradient_matching  # noqa: E402
+from eclipse_loader.data.images import LabelledImages
+from eclipse_loader.data.sparse import select_sparse_indices
+from eclipse_loader.defenses.epic import EpicSampler, EpicSchedule, select_isolated
+from eclipse_loader.evaluation.defenses import CROP_FLIP
+from eclipse_loader.evaluation.victim import TrainRecipe, evaluate, quick_cnn, train_classifier
+from eclipse_loader.poisons.targeted import plant_feature_collision, plant_gradient_matching
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10.npz"
 CRAFT_HEAD_SEED_OFFSET = 10_000  # the attacker's crafting head: a seed no victim head uses

@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, command_line, machine_info, write_json_atomic  # noqa: E402
-from defense import PROTOCOLS, load_splits  # noqa: E402
+from _common import RESULTS, command_line, machine_info, write_json_atomic
+from defense import PROTOCOLS, load_splits
 
-from eclipse_loader import poisons  # noqa: E402
-from eclipse_loader.select.candidates import Candidate  # noqa: E402
-from eclipse_loader.select.proxy import ProxySettings  # noqa: E402
-from eclipse_loader.select.run import select_defense  # noqa: E402
+from eclipse_loader import poisons
+from eclipse_loader.select.candidates import Candidate
+from eclipse_loader.select.proxy import ProxySettings
+from eclipse_loader.select.run import select_defense
 
 TABLE = RESULTS / "defense-cpu-quick-2026-11-24.json"
 PAIRS = {"none": Candidate(), "jpeg10": Candidate(jpeg=10), "grayscale": Candidate(grayscale=True),

@@ -11,22 +11,20 @@ the budget allowed, the estimate and the measured wall time.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, command_line, machine_info, write_json_atomic  # noqa: E402
-from defense import PROTOCOLS, load_splits  # noqa: E402
+from _common import RESULTS, command_line, machine_info, write_json_atomic
+from defense import PROTOCOLS, load_splits
 
-from eclipse_loader import poisons  # noqa: E402
-from eclipse_loader.evaluation.defenses import split_sparse  # noqa: E402
-from eclipse_loader.select.candidates import default_candidates  # noqa: E402
-from eclipse_loader.select.offline import DenoiserPurify  # noqa: E402
-from eclipse_loader.select.proxy import ProxySettings  # noqa: E402
-from eclipse_loader.select.run import select_defense  # noqa: E402
+from eclipse_loader import poisons
+from eclipse_loader.evaluation.defenses import split_sparse
+from eclipse_loader.select.candidates import default_candidates
+from eclipse_loader.select.offline import DenoiserPurify
+from eclipse_loader.select.proxy import ProxySettings
+from eclipse_loader.select.run import select_defense
 
 
 def main() -> int:
