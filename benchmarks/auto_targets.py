@@ -1,0 +1,97 @@
+"""Issue 18's targets for the ``auto`` column, from a harness run that has it and a committed fixed-defence table.
+
+    python benchmarks/auto_targets.py benchmarks/results/defense-cpu-quick-2026-12-02.json \\
+        --fixed benchmarks/results/defense-cpu-quick-2026-11-24.json
+
+Per attack: auto's accuracy, the best fixed defence (from ``--fixed``, the columns the auto run also has
+take the auto run's own cells) and the gap; auto's ratio to clean; the means; auto on clean data against
+no defence; and the cells both tables have (``none``), which must agree when the code did not move them.
+Writes ``<auto stem>-targets.{json,md}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+AUTO = "auto"
+
+
+def targets(run: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
+    """The comparison of ``run``'s auto column with every fixed defence of ``fixed`` (and of ``run``)."""
+    attacks = [a for a in run["attacks_in_means"] if AUTO in run["table"].get(a, {})]
+    clean = run["clean_accuracy"]
+    rows, shared = {}, {}
+    for attack in attacks:
+        candidates = {**fixed["table"].get(attack, {}), **{d: v for d, v in run["table"][attack].items() if d != AUTO}}
+        best = max(candidates, key=candidates.get)
+        auto = run["table"][attack][AUTO]
+        rows[attack] = {"auto": auto, "chosen": run.get("auto_choices", {}).get(attack, {}).get("chosen"),
+                        "best_fixed": best, "best_fixed_accuracy": candidates[best],
+                        "gap_points": round(100 * (auto - candidates[best]), 2), "ratio_to_clean": auto / clean}
+    for attack in ["none", *attacks]:
+        for d, v in run["table"].get(attack, {}).items():
+            if d != AUTO and d in fixed["table"].get(attack, {}):
+                shared[f"{attack}|{d}"] = {"this_run": v, "fixed_table": fixed["table"][attack][d]}
+    complete = len(attacks) == len(fixed["attacks_in_means"])
+    auto_mean = sum(r["auto"] for r in rows.values()) / len(rows) if rows else None
+    fixed_means = {d: sum(fixed["table"][a][d] for a in attacks) / len(attacks) for d in fixed["defenses"]
+                   if rows and all(d in fixed["table"][a] for a in attacks)}
+    clean_auto = run["table"]["none"].get(AUTO)
+    return {
+        "auto_run": run["command"], "fixed_table": fixed["command"], "fixed_date": fixed["date"],
+        "attacks": attacks, "all_attacks_of_the_fixed_table": complete, "clean_accuracy": clean, "per_attack": rows,
+        "auto_mean": auto_mean, "fixed_means_over_the_same_attacks": fixed_means,
+        "auto_on_clean": clean_auto, "auto_choice_on_clean": run.get("auto_choices", {}).get("none", {}).get("chosen"),
+        "shared_cells": shared,
+        "targets": {
+            "ratio_to_clean_ge_0.90_on_every_attack": bool(rows) and all(r["ratio_to_clean"] >= 0.9 for r in rows.values()),
+            "within_1_point_of_best_fixed_on_every_attack": bool(rows) and all(r["gap_points"] >= -1 for r in rows.values()),
+            "mean_ge_best_fixed_mean_plus_3_points": (auto_mean is not None and bool(fixed_means)
+                                                       and auto_mean >= max(fixed_means.values()) + 0.03),
+            "clean_within_1_point_of_none": clean_auto is not None and abs(clean_auto - clean) <= 0.01,
+        },
+    }
+
+
+def markdown(t: dict[str, Any]) -> str:
+    lines = [f"`auto` against the fixed defences ({len(t['attacks'])} attacks"
+             + ("" if t["all_attacks_of_the_fixed_table"] else ", NOT all of the fixed table's") + ")",
+             f"auto run: `{t['auto_run']}`; fixed defences: `{t['fixed_table']}` ({t['fixed_date']})", "",
+             "| attack | auto chose | auto | best fixed | its accuracy | gap (points) | auto / clean |",
+             "|---|---|---:|---|---:|---:|---:|"]
+    for attack, r in t["per_attack"].items():
+        lines.append(f"| {attack} | {r['chosen']} | {100 * r['auto']:.1f} | {r['best_fixed']} | "
+                     f"{100 * r['best_fixed_accuracy']:.1f} | {r['gap_points']:+.1f} | {r['ratio_to_clean']:.2f} |")
+    if t["auto_mean"] is not None:
+        best = max(t["fixed_means_over_the_same_attacks"].items(), key=lambda kv: kv[1])
+        lines += ["", f"Mean over these attacks: auto {100 * t['auto_mean']:.1f}; best fixed mean {best[0]} "
+                      f"{100 * best[1]:.1f}."]
+    if t["auto_on_clean"] is not None:
+        lines.append(f"Clean data: auto ({t['auto_choice_on_clean']}) {100 * t['auto_on_clean']:.1f} vs no defence "
+                     f"{100 * t['clean_accuracy']:.1f}.")
+    lines += ["", "Targets: " + "; ".join(f"{k}: {'MET' if v else 'MISSED'}" for k, v in t["targets"].items()) + ".",
+              "", "Cells in both tables (this run / the fixed table): " + ", ".join(
+                  f"{k} {100 * v['this_run']:.1f}/{100 * v['fixed_table']:.1f}" for k, v in t["shared_cells"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("auto_result", type=Path, help="a defense.py result JSON with an 'auto' column")
+    ap.add_argument("--fixed", type=Path, required=True, help="a defense.py result JSON with the fixed defences")
+    args = ap.parse_args(argv)
+    for path in (args.auto_result, args.fixed):
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such result file")
+    t = targets(json.loads(args.auto_result.read_text()), json.loads(args.fixed.read_text()))
+    stem = args.auto_result.with_name(args.auto_result.stem + "-targets")
+    stem.with_suffix(".json").write_text(json.dumps(t, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(t))
+    print(markdown(t), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
