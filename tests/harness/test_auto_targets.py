@@ -1,0 +1,63 @@
+"""benchmarks/auto_targets.py: auto against the best fixed defence, per attack and on the mean."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "auto_targets.py"
+
+
+def _fixed() -> dict:
+    return {"command": "fixed", "date": "2026-11-24", "attacks_in_means": ["a", "b"],
+            "defenses": {"none": "", "jpeg10": "", "eclipse": ""},
+            "table": {"none": {"none": 0.70, "jpeg10": 0.63, "eclipse": 0.67},
+                      "a": {"none": 0.30, "jpeg10": 0.62, "eclipse": 0.67},
+                      "b": {"none": 0.35, "jpeg10": 0.50, "eclipse": 0.48}}}
+
+
+def _auto(a: float, b: float, clean: float) -> dict:
+    return {"command": "auto run", "attacks_in_means": ["a", "b"], "clean_accuracy": 0.70,
+            "table": {"none": {"none": 0.70, "auto": clean}, "a": {"none": 0.31, "auto": a}, "b": {"none": 0.35, "auto": b}},
+            "auto_choices": {"a": {"chosen": "repair"}, "b": {"chosen": "jpeg10"}, "none": {"chosen": "none"}}}
+
+
+def _run(tmp_path: Path, auto: dict) -> tuple[subprocess.CompletedProcess, dict]:
+    (tmp_path / "auto.json").write_text(json.dumps(auto))
+    (tmp_path / "fixed.json").write_text(json.dumps(_fixed()))
+    run = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "auto.json"), "--fixed", str(tmp_path / "fixed.json")],
+                         capture_output=True, text=True, timeout=120)
+    out = tmp_path / "auto-targets.json"
+    return run, (json.loads(out.read_text()) if out.is_file() else {})
+
+
+def test_gaps_means_and_targets_are_computed_against_the_best_fixed_defence(tmp_path):
+    run, t = _run(tmp_path, _auto(0.665, 0.55, 0.695))
+    assert run.returncode == 0, run.stderr
+    assert t["per_attack"]["a"]["best_fixed"] == "eclipse" and t["per_attack"]["a"]["gap_points"] == pytest.approx(-0.5)
+    assert t["per_attack"]["b"]["best_fixed"] == "jpeg10" and t["per_attack"]["b"]["gap_points"] == pytest.approx(5.0)
+    assert t["auto_mean"] == pytest.approx(0.6075)
+    assert t["fixed_means_over_the_same_attacks"]["eclipse"] == pytest.approx(0.575)
+    assert t["targets"] == {"ratio_to_clean_ge_0.90_on_every_attack": False,  # b: 0.55 / 0.70 = 0.79
+                            "within_1_point_of_best_fixed_on_every_attack": True,
+                            "mean_ge_best_fixed_mean_plus_3_points": True,  # 60.75 >= 57.5 + 3
+                            "clean_within_1_point_of_none": True}
+    assert t["shared_cells"]["a|none"] == {"this_run": 0.31, "fixed_table": 0.30}
+    assert "| a | repair | 66.5 | eclipse | 67.0 | -0.5 |" in run.stdout
+
+
+def test_a_missed_target_is_reported_as_missed(tmp_path):
+    run, t = _run(tmp_path, _auto(0.60, 0.50, 0.65))
+    assert run.returncode == 0, run.stderr
+    assert t["targets"]["within_1_point_of_best_fixed_on_every_attack"] is False  # a: 60 vs 67
+    assert t["targets"]["clean_within_1_point_of_none"] is False  # 65 vs 70
+    assert "within_1_point_of_best_fixed_on_every_attack: MISSED" in run.stdout
+
+
+def test_a_missing_result_file_is_one_line(tmp_path):
+    run = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope.json"), "--fixed", str(tmp_path / "x.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and run.stderr.strip().endswith("nope.json: no such result file")
