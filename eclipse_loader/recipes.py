@@ -1,4 +1,5 @@
-"""Named defence settings: the product default and the paper-faithful ECLIPSE.
+"""Named defence settings: the product default and the paper-faithful ECLIPSE, and the settings types
+whose defaults they are (`Recipe`, `PurifyConfig`; the purifier re-exports the latter).
 
 Every entry point (the ``purify``, ``train-denoiser`` and ``demo`` commands, `EclipseDataModule`,
 the evaluation harness) takes its defaults from here, so "the default" means one thing.
@@ -22,13 +23,11 @@ from __future__ import annotations
 # torch-free on purpose: every layer (compensation, loading, purify, CLI) reads its defaults here.
 
 import json
+import numbers
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
-
-if TYPE_CHECKING:
-    from .purify.purifier import PurifyConfig
+from typing import Any, Literal, Optional, Union
 
 
 #: online augmentations a recipe may name besides the compensation (see `Recipe.augment`)
@@ -120,8 +119,6 @@ class Recipe:
         Raises:
             ValueError: ``steps`` is not a positive integer, ``"full"`` or None, or exceeds t*.
         """
-        from .purify.purifier import PurifyConfig
-
         if steps == "full":
             chosen_steps: Optional[int] = None
         elif steps is None:
@@ -146,6 +143,85 @@ DEFAULT_RECIPE = Recipe(t_star=400, purify_steps=2, repair_threshold=48, denoise
 PAPER_RECIPE = Recipe(t_star=100, purify_steps=None, repair_threshold=None, denoiser_t_max=99, p_gray=0.4, sigma=0.05)
 
 RECIPES: dict[str, Recipe] = {"default": DEFAULT_RECIPE, "paper": PAPER_RECIPE}
+
+Sampler = Literal["ddpm", "ddim"]
+SAMPLERS = ("ddpm", "ddim")
+NoiseRNG = Literal["counter", "generator"]
+NOISE_RNGS = ("counter", "generator")
+
+
+
+@dataclass(frozen=True)
+class PurifyConfig:
+    """Settings that determine the purified pixels (all of them enter the cache key).
+
+    Every default is the ``default`` recipe's (`eclipse_loader.recipes.DEFAULT_RECIPE`: t* = 400,
+    2 steps, outlier repair at 48); the paper's settings are ``PAPER_RECIPE.purify_config()``.
+
+    Args:
+        t_star: forward steps of 4000. ``None``: the t whose ``sqrt(1 - abar)`` is closest to ``noise_std``.
+        noise_std: target forward-noise std in [-1, 1] units; give it with ``t_star=None`` (not both).
+        steps: network calls on the way back. ``None``: the full chain (``t_star`` calls). Fewer
+            steps use evenly strided timesteps from ``t*-1`` down to 0.
+        sampler: ``"ddpm"`` (stochastic ancestral; strided = DDPM posterior between visited
+            timesteps) or ``"ddim"`` (deterministic, eta = 0, after the stochastic forward noise).
+        seed: base seed of the per-sample noise.
+        noise_rng: ``"counter"`` (default): the noise is a counter-based hash of (seed, index, draw),
+            drawn in one batched call on the U-Net's device (`eclipse_loader.purify.noise`);
+            ``"generator"``: one CPU `torch.Generator` per sample seeded by `sample_seed`, copied to
+            the device (the engine of earlier releases, kept to reproduce their results).
+        bf16: run the U-Net under bfloat16 autocast (CUDA only; ignored on CPU).
+        repair_threshold: repair isolated outlier pixels (more than this many grey levels outside
+            their 8 neighbours' range; see `eclipse_loader.purify.outliers`) before noising. ``None``: off.
+            Applies to the uint8 entry point `Purifier.purify`.
+    """
+
+    t_star: Optional[int] = DEFAULT_RECIPE.t_star
+    noise_std: Optional[float] = None
+    steps: Optional[int] = DEFAULT_RECIPE.purify_steps
+    sampler: Sampler = "ddpm"
+    seed: int = 0
+    noise_rng: NoiseRNG = "counter"
+    bf16: bool = False
+    repair_threshold: Optional[int] = DEFAULT_RECIPE.repair_threshold
+
+    def __post_init__(self) -> None:
+        if self.t_star is not None and (not _is_int(self.t_star) or self.t_star < 1):
+            raise ValueError(f"t_star must be a positive integer or None, got {self.t_star!r}")
+        if (self.t_star is None) == (self.noise_std is None):
+            raise ValueError("give exactly one of t_star and noise_std "
+                             f"(got t_star={self.t_star!r}, noise_std={self.noise_std!r}); "
+                             "for a noise level: PurifyConfig(t_star=None, noise_std=...)")
+        if self.noise_std is not None and not 0.0 < float(self.noise_std) < 1.0:
+            raise ValueError(f"noise_std must be in (0, 1), got {self.noise_std!r}")
+        if self.steps is not None and (not _is_int(self.steps) or self.steps < 1):
+            raise ValueError(f"steps must be a positive integer or None, got {self.steps!r}")
+        if self.t_star is not None and self.steps is not None and self.steps > self.t_star:
+            raise ValueError(f"steps ({self.steps}) cannot exceed t_star ({self.t_star})")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.noise_rng not in NOISE_RNGS:
+            raise ValueError(f"noise_rng must be one of {NOISE_RNGS}, got {self.noise_rng!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.bf16, bool):
+            raise ValueError(f"bf16 must be a bool, got {self.bf16!r}")
+        if self.repair_threshold is not None and (not _is_int(self.repair_threshold)
+                                                  or not 0 <= self.repair_threshold < 255):
+            raise ValueError(f"repair_threshold must be None or an integer in [0, 255), got {self.repair_threshold!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of the fields that are set (``noise_std`` only when it picks t*,
+        ``repair_threshold`` only when repair is on)."""
+        fields = asdict(self)
+        for name in ("noise_std", "repair_threshold"):
+            if fields[name] is None:
+                del fields[name]
+        return fields
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy integers too
 
 
 def get_recipe(name: str) -> Recipe:

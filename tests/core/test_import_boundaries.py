@@ -52,7 +52,6 @@ ABOVE = ("poisons", "defenses", "evaluation", "select", "commands")
 KNOWN_UPWARD = {
     ("eclipse_loader.data.sources", "eclipse_loader.storage"),  # goes once storage/__init__.py imports .sources
     ("eclipse_loader.purify.engine", "eclipse_loader.storage.beton"),
-    ("eclipse_loader.recipes", "eclipse_loader.purify.purifier"),
 }
 SIDEWAYS_FORBIDDEN = (("defenses", "poisons"), ("poisons", "defenses"))
 
