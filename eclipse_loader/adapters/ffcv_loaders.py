@@ -23,7 +23,7 @@ from torchvision.transforms import Normalize
 
 from ..loading.config import AugmentConfig
 from ..machine import usable_cores
-from ..loading.torch_loader import EpochSampler
+from ..loading.torch_loader import SetEpochRelay
 from ..storage.beton import check_beton
 from ..storage.ffcv_epochs import POLL_S, LoaderThreadError, WatchedEpochIterator, start_epoch  # noqa: F401 (re-exported)
 from .ffcv_compensation import CompensateFFCV
@@ -76,7 +76,7 @@ class FFCVEpochLoader:
         self.loader, self.compensation = loader, compensation
         self._iterator: Any = None
         if shuffle:  # Lightning calls `.sampler.set_epoch(epoch)` on shuffled loaders
-            self.sampler, self.batch_sampler = EpochSampler(self), None
+            self.sampler, self.batch_sampler = SetEpochRelay(self), None
 
     @property
     def next_epoch(self) -> int:

@@ -20,7 +20,7 @@ from ..data.images import LabelledImages
 from .batch_augment import Normalizer, augment_batch, flip_and_translate
 from .config import AugmentConfig
 
-__all__ = ["BatchTransform", "EpochSampler", "TorchEpochLoader", "epoch_order", "flip_and_translate"]
+__all__ = ["BatchTransform", "SetEpochRelay", "TorchEpochLoader", "epoch_order", "flip_and_translate"]
 
 #: a defence's extra per-batch step: ``(uint8 NCHW batch, dataset indices, epoch) -> uint8 batch``
 BatchTransform = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -57,8 +57,9 @@ class _BatchMaker:
         return self.scale(batch), self.labels.index_select(0, idx)
 
 
-class EpochSampler:
-    """The ``.sampler`` Lightning finds on a shuffled loader: forwards ``set_epoch`` to the loader."""
+class SetEpochRelay:
+    """Not a sampler: the object Lightning finds at a shuffled loader's ``.sampler`` and calls ``set_epoch`` on;
+    it forwards the call to the loader, whose order is its own (`epoch_order`)."""
 
     def __init__(self, loader: object) -> None:
         self.loader = loader
@@ -121,7 +122,7 @@ class TorchEpochLoader:
         self.batch_transform = batch_transform
         self.next_epoch = 0
         if shuffle:  # Lightning calls `.sampler.set_epoch(epoch)` on shuffled loaders
-            self.sampler, self.batch_sampler = EpochSampler(self), None
+            self.sampler, self.batch_sampler = SetEpochRelay(self), None
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch ``epoch`` (order and all random draws follow it)."""
