@@ -29,7 +29,7 @@ import torch
 from _common import RESULTS, command_line, grouped_bar_plot, machine_info
 from defense import ATTACKS, PROTOCOLS, Harness, log
 
-from eclipse_loader.evaluation.defenses import COMPENSATION, CROP_FLIP, DEFENSES, Defense, PurifySettings
+from eclipse_loader.evaluation.defense_registry import COMPENSATION, CROP_FLIP, DEFENSES, Defense, PurifySettings
 from eclipse_loader.loading.config import AugmentConfig
 
 MILD = AugmentConfig(flip=True, translate_padding=4, compensate=True, p_gray=0.1, sigma=0.02)

@@ -17,7 +17,7 @@ from protocols import Protocol
 
 from eclipse_loader import poisons
 from eclipse_loader.data.images import LabelledImages
-from eclipse_loader.evaluation.defenses import (AUTO, AUTO_DESCRIPTION, CROP_FLIP, DEFENSES, Defense, PurifySettings,
+from eclipse_loader.evaluation.defense_registry import (AUTO, AUTO_DESCRIPTION, CROP_FLIP, DEFENSES, Defense, PurifySettings,
                                                 apply_offline, batch_transform, offline_steps)
 from eclipse_loader.evaluation.victim import VICTIMS, VictimResult, train_classifier, train_victim
 from eclipse_loader.purify.purifier import PurifyConfig
@@ -65,12 +65,12 @@ class Harness:
 
     def fit_model(self, data: LabelledImages, augment: Any, seed: int) -> torch.nn.Module:
         """The crafting victim trained on ``data`` (TAP's clean model); a subclass may train another way."""
-        return train_classifier(data, augment, recipe=self.protocol.recipe, seed=seed,
+        return train_classifier(data, augment, training=self.protocol.training, seed=seed,
                                 model_factory=self._victim_factory(self.protocol.crafting_victim), device=self.device)
 
     def score_victim(self, defended: LabelledImages, defense: Defense) -> VictimResult:
         """The protocol's victim trained on ``defended`` with ``defense``'s augmentation, scored on the test set."""
-        return train_victim(defended, self.test, defense.augment, recipe=self.protocol.recipe,
+        return train_victim(defended, self.test, defense.augment, training=self.protocol.training,
                             seed=self.victim_seed, model_factory=self._victim_factory(self.protocol.victim),
                             device=self.device, batch_transform=batch_transform(defense, self.victim_seed))
 
@@ -87,7 +87,7 @@ class Harness:
 
     def denoiser(self, t_max: Optional[int] = None) -> Path:
         """The protocol's denoiser, or (``t_max`` other than the protocol's) one trained up to ``t_max``."""
-        from eclipse_loader.denoiser.training import train_denoiser
+        from eclipse_loader.adapters.lightning_denoiser import train_denoiser
 
         t_max = self.denoiser_t_max if t_max is None else t_max
         out = self.workdir / ("denoiser" if t_max == self.denoiser_t_max else f"denoiser-t{t_max}")
@@ -245,8 +245,8 @@ class Harness:
     def auto_denoiser(self, t_max: int) -> tuple[Path, LabelledImages]:
         """``auto``'s own denoiser (trained on the half of the sparse set its selection does not validate on)
         and that half."""
-        from eclipse_loader.denoiser.training import train_denoiser
-        from eclipse_loader.evaluation.defenses import split_sparse
+        from eclipse_loader.adapters.lightning_denoiser import train_denoiser
+        from eclipse_loader.evaluation.defense_registry import split_sparse
 
         _, part = split_sparse(self.sparse, seed=self.seed)
         out, p = self.workdir / "denoiser-auto", self.protocol
@@ -263,7 +263,7 @@ class Harness:
         """``auto`` for ``attack``: selection on its poisoned set with the sparse set as the trusted set (half
         trains the selection's own denoiser, half validates; the test set is never seen). Returns the chosen
         defence and the purifier it uses; the choice and its report are kept under ``workdir/auto/``."""
-        from eclipse_loader.evaluation.defenses import resolve_auto
+        from eclipse_loader.evaluation.defense_registry import resolve_auto
         from eclipse_loader.select.candidates import DEFAULT_T_STARS
         from eclipse_loader.select.offline import DenoiserPurify
         from eclipse_loader.select.proxy import ProxySettings

@@ -13,7 +13,7 @@ import numpy as np
 from _common import grouped_bar_plot, log, machine_info
 from defense_harness import REGISTRY, Harness
 
-from eclipse_loader.evaluation.defenses import AUTO, Defense
+from eclipse_loader.evaluation.defense_registry import AUTO, Defense
 
 
 def summarise(harness: Harness, attacks: list[str], adaptive: list[str], defenses: list[str], args: argparse.Namespace,

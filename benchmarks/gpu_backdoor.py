@@ -13,7 +13,7 @@ from defense import log
 
 from eclipse_loader.data.images import LabelledImages
 from eclipse_loader.evaluation.airbench import evaluate_tta, train_airbench, with_autocast
-from eclipse_loader.evaluation.defenses import CROP_FLIP
+from eclipse_loader.evaluation.defense_registry import CROP_FLIP
 
 if TYPE_CHECKING:
     from gpu_full import GpuHarness
@@ -64,7 +64,7 @@ def append_markdown(path: Path, result: dict[str, Any], backdoor: dict[str, Any]
     with open(path, "a") as md:
         md.write(f"\nDevice: {result['device_name']}. Stopped by the budget: {budget_hit}. Errors: {errors}.\n")
         if result["resnet18"]:
-            md.write("\nResNet-18 (paper recipe) rows, clean test accuracy (%):\n\n| attack | defence | accuracy |\n"
+            md.write("\nResNet-18 (paper training) rows, clean test accuracy (%):\n\n| attack | defence | accuracy |\n"
                      "|---|---|---:|\n" + "".join(f"| {a} | {d} | {100 * v:.1f} |\n" for a, row in
                                                    result["resnet18"].items() for d, v in row.items()))
         if backdoor:

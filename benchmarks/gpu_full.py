@@ -18,7 +18,7 @@ dirty label, target 0) with a second small denoiser trained on t <= 750 (noise s
 airbench as the suspicious, benign and final model.
 
 Order: the clean row, every attack undefended, then one defence column at a time in ``--defenses`` order
-(default none, jpeg10, eclipse, grayscale, eclipse-paper, and auto once `eclipse_loader.evaluation.defenses`
+(default none, jpeg10, eclipse, grayscale, eclipse-paper, and auto once `eclipse_loader.evaluation.defense_registry`
 registers it), then DataElixir, then with ``--resnet18`` ResNet-18 rows (the paper's 80 epochs; none and
 eclipse on clean data and AR). ``--budget-minutes`` stops before the next cell once the budget
 is spent. Every finished cell is appended to ``cells.jsonl`` in the work dir and the JSON / markdown / PNG
@@ -46,7 +46,7 @@ from protocols import GPU_PROTOCOLS, GpuProtocol
 
 from eclipse_loader.data.images import LabelledImages
 from eclipse_loader.evaluation.airbench import autocast_factory, train_airbench, train_airbench_victim, with_autocast
-from eclipse_loader.evaluation.defenses import AUTO, DEFENSES, Defense, batch_transform
+from eclipse_loader.evaluation.defense_registry import AUTO, DEFENSES, Defense, batch_transform
 from eclipse_loader.evaluation.victim import VictimResult, resnet18_cifar, train_victim
 
 ORDER = ("none", "jpeg10", "eclipse", "grayscale", "eclipse-paper", AUTO)
@@ -133,7 +133,7 @@ class GpuHarness(Harness):
 
     def score_victim(self, defended: LabelledImages, defense: Defense) -> VictimResult:
         if defense.name.endswith(RESNET):
-            return train_victim(defended, self.test, defense.augment, recipe=self.protocol.resnet_recipe,
+            return train_victim(defended, self.test, defense.augment, training=self.protocol.resnet_training,
                                 seed=self.victim_seed, model_factory=resnet18_cifar, device=self.device)
         return train_airbench_victim(defended, self.test, defense.augment, config=self.protocol.airbench,
                                      seed=self.victim_seed, device=self.device,
@@ -192,7 +192,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--defenses", default=",".join(ORDER),
                     help="run in this order, one column at a time (default: the headline comparison first)")
     ap.add_argument("--backdoors", default=",".join(BACKDOORS), help="DataElixir rows ('' for none)")
-    ap.add_argument("--resnet18", action="store_true", help="also ResNet-18 rows (paper recipe) after the rest")
+    ap.add_argument("--resnet18", action="store_true", help="also ResNet-18 rows (paper training) after the rest")
     ap.add_argument("--budget-minutes", type=float, default=None, help="start no new cell after this long")
     ap.add_argument("--data", type=Path, default=DATA, help="CIFAR-10 npz (train_x, train_y, test_x, test_y)")
     ap.add_argument("--splits", type=Path, default=None, help="an npz of train/sparse/test splits instead")

@@ -34,7 +34,7 @@ def craft_model_free(attack: str, data: LabelledImages, seed: int) -> LabelledIm
 
 def apply_steps(steps: tuple[str, ...], data: LabelledImages) -> LabelledImages:
     """The named offline steps (no purification) in order."""
-    from eclipse_loader.evaluation.defenses import offline_steps
+    from eclipse_loader.evaluation.defense_registry import offline_steps
 
     functions = offline_steps()
     for name in steps:

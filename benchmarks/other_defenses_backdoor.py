@@ -24,7 +24,7 @@ Protocol:
 * DataElixir: our `small` denoiser (``--denoiser-steps`` on the sparse set, t <= t*), ``--elixir-rounds``
   rounds of ``--elixir-steps`` strided DDPM reverse steps, every step's clean estimate kept as an
   intermediary, noise std 0.3 (t* = 751 of the cosine-4000 schedule; the original uses std 0.46 with
-  the full 150-step chain, 5 rounds, 10 intermediaries, tau 5), tau ``--elixir-tau``, MAD > 2, quantile 0.8; the benign model (same victim recipe)
+  the full 150-step chain, 5 rounds, 10 intermediaries, tau 5), tau ``--elixir-tau``, MAD > 2, quantile 0.8; the benign model (same victim training settings)
   relabels ambiguous samples; then a fresh victim is trained on the sanitised set.
 * CGD: guide = a `quick_cnn` trained on the 2,000-image sparse clean set (no CLIP weights here);
   3 suspicious `quick_cnn`s, 5 epochs Adam 3e-4, no augmentation; the backdoored victim fine-tuned
@@ -46,8 +46,8 @@ from _common import RESULTS, command_line, machine_info
 
 from eclipse_loader.data.images import LabelledImages
 from eclipse_loader.data.sparse import check_overlap, select_sparse_indices
-from eclipse_loader.evaluation.defenses import CROP_FLIP
-from eclipse_loader.evaluation.victim import TrainRecipe, evaluate, quick_cnn, train_classifier
+from eclipse_loader.evaluation.defense_registry import CROP_FLIP
+from eclipse_loader.evaluation.victim import TrainSettings, evaluate, quick_cnn, train_classifier
 from eclipse_loader.poisons.backdoors import (
     BackdoorPoison, BadNetsTrigger, BlendedTrigger, SIGTrigger, attack_success_rate, poison_dataset)
 
@@ -90,7 +90,7 @@ def cached_model(path: Path, make) -> torch.nn.Module:
 
 def denoiser(workdir: Path, sparse: LabelledImages, seed: int, steps: int) -> Path:
     from eclipse_loader.denoiser.presets import build_scheduler
-    from eclipse_loader.denoiser.training import train_denoiser
+    from eclipse_loader.adapters.lightning_denoiser import train_denoiser
     from eclipse_loader.purify.purifier import t_star_for_noise_std
 
     out = workdir / "denoiser"
@@ -117,7 +117,7 @@ def elixir_sanitize(poisoned: BackdoorPoison, purifier: Any, backdoored: torch.n
     return result, info
 
 
-def run_dataelixir(args, train, poisoned, sparse, backdoored, recipe) -> tuple[LabelledImages, dict[str, Any]]:
+def run_dataelixir(args, train, poisoned, sparse, backdoored, training) -> tuple[LabelledImages, dict[str, Any]]:
     from eclipse_loader.defenses.dataelixir import ElixirConfig
     from eclipse_loader.denoiser.io import load_denoiser
     from eclipse_loader.purify.purifier import Purifier, PurifyConfig
@@ -130,7 +130,7 @@ def run_dataelixir(args, train, poisoned, sparse, backdoored, recipe) -> tuple[L
 
     def benign(data: LabelledImages) -> torch.nn.Module:
         log(f"  training the benign model on {len(data)} sanitised images")
-        return train_classifier(data, CROP_FLIP, recipe=recipe, seed=args.seed + 7, model_factory=quick_cnn)
+        return train_classifier(data, CROP_FLIP, training=training, seed=args.seed + 7, model_factory=quick_cnn)
 
     result, info = elixir_sanitize(poisoned, purifier, backdoored, config, benign)
     info["config"].update(noise_std=NOISE_STD, denoiser_steps=args.denoiser_steps)
@@ -139,11 +139,11 @@ def run_dataelixir(args, train, poisoned, sparse, backdoored, recipe) -> tuple[L
     return result.data, info
 
 
-def run_cgd(args, poisoned, sparse, val, backdoored, recipe) -> tuple[torch.nn.Module, dict[str, Any]]:
+def run_cgd(args, poisoned, sparse, val, backdoored, training) -> tuple[torch.nn.Module, dict[str, Any]]:
     from eclipse_loader.defenses.cgd import CGDConfig, CGDScores, cgd_finetune, score_dataset
 
     guide = cached_model(args.workdir / "guide.pt", lambda: train_classifier(
-        sparse, CROP_FLIP, recipe=recipe, seed=args.seed + 11, model_factory=quick_cnn))
+        sparse, CROP_FLIP, training=training, seed=args.seed + 11, model_factory=quick_cnn))
     start = time.perf_counter()
     cache = args.workdir / f"{args.attack}-cgd-scores.npz"
     if cache.is_file():
@@ -195,11 +195,11 @@ def main() -> None:
         denoiser(args.workdir, sparse, args.seed, args.denoiser_steps)
         return
     start = time.perf_counter()
-    recipe = TrainRecipe(epochs=args.epochs, batch_size=128, lr=0.05)
+    training = TrainSettings(epochs=args.epochs, batch_size=128, lr=0.05)
     trigger, clean_label = TRIGGERS[args.attack]
     poisoned = poison_dataset(train, trigger, target=0, ratio=0.1, clean_label=clean_label, seed=args.seed)
     backdoored = cached_model(args.workdir / f"{args.attack}-none-e{args.epochs}.pt", lambda: train_classifier(
-        poisoned.data, CROP_FLIP, recipe=recipe, seed=args.seed, model_factory=quick_cnn))
+        poisoned.data, CROP_FLIP, training=training, seed=args.seed, model_factory=quick_cnn))
     defense = args.defense
     if args.defense == "cgd":
         defense += (f"-tol{args.cgd_tolerance:g}" if args.cgd_tolerance != 1.0 else "") + (
@@ -210,11 +210,11 @@ def main() -> None:
                                           "attack_success_rate": attack_success_rate(backdoored, test, trigger, 0)}}
     log(f"{args.attack}, no defence: {row['no_defense']}")
     if args.defense == "dataelixir":
-        sanitised, info = run_dataelixir(args, train, poisoned, sparse, backdoored, recipe)
+        sanitised, info = run_dataelixir(args, train, poisoned, sparse, backdoored, training)
         log("  training the victim on the sanitised set")
-        defended = train_classifier(sanitised, CROP_FLIP, recipe=recipe, seed=args.seed, model_factory=quick_cnn)
+        defended = train_classifier(sanitised, CROP_FLIP, training=training, seed=args.seed, model_factory=quick_cnn)
     else:
-        defended, info = run_cgd(args, poisoned, sparse, val, backdoored, recipe)
+        defended, info = run_cgd(args, poisoned, sparse, val, backdoored, training)
     row["defended"] = {"clean_accuracy": evaluate(defended, test),
                        "attack_success_rate": attack_success_rate(defended, test, trigger, 0)}
     row["defense_info"] = info

@@ -19,7 +19,7 @@ Protocol (EPIC paper's "FC, CIFAR-10 transfer" scenario, scaled down):
 * ``--attack gradient-matching``: Witches' Brew (signed Adam on an l-inf perturbation, ``--epsilon``
   default 16/255, ``--craft-steps`` default 240, ``--restarts`` default 8, no crafting augmentation),
   crafted against the frozen extractor + a linear head the attacker trains on the clean fine-tuning
-  set (same recipe as the victim's, a different seed): the attacker knows the architecture, the
+  set (same training settings as the victim's, a different seed): the attacker knows the architecture, the
   extractor and the clean data, not the victim's head initialisation or batch order;
 * attack success = the target is classified as the adversarial class; clean accuracy on the 10,000
   CIFAR-10 test images. Also reported: how many poisons / clean images EPIC dropped.
@@ -40,8 +40,8 @@ from _common import RESULTS, command_line, machine_info
 from eclipse_loader.data.images import LabelledImages
 from eclipse_loader.data.sparse import select_sparse_indices
 from eclipse_loader.defenses.epic import EpicSampler, EpicSchedule, select_isolated
-from eclipse_loader.evaluation.defenses import CROP_FLIP
-from eclipse_loader.evaluation.victim import TrainRecipe, evaluate, quick_cnn, train_classifier
+from eclipse_loader.evaluation.defense_registry import CROP_FLIP
+from eclipse_loader.evaluation.victim import TrainSettings, evaluate, quick_cnn, train_classifier
 from eclipse_loader.poisons.targeted import plant_feature_collision, plant_gradient_matching
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10.npz"
@@ -128,7 +128,7 @@ def main() -> None:
         model.load_state_dict(torch.load(ckpt, weights_only=True))
     else:
         log("training the feature extractor on 10k clean images")
-        model = train_classifier(pretrain, CROP_FLIP, recipe=TrainRecipe(epochs=12, batch_size=128, lr=0.05),
+        model = train_classifier(pretrain, CROP_FLIP, training=TrainSettings(epochs=12, batch_size=128, lr=0.05),
                                  seed=args.seed, model_factory=quick_cnn)
         torch.save(model.state_dict(), ckpt)
     model.eval()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from eclipse_loader.evaluation.airbench import AirbenchConfig
-from eclipse_loader.evaluation.victim import TrainRecipe, paper_recipe
+from eclipse_loader.evaluation.victim import TrainSettings, paper_training
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Protocol:
     sparse_size: int
     sparse_from: str  # "train" (held-out rest of the training split) or "test"
     victim: str
-    recipe: TrainRecipe
+    training: TrainSettings
     denoiser_preset: str
     denoiser_steps: int
     denoiser_batch: int
@@ -45,7 +45,7 @@ class Protocol:
 PROTOCOLS = {
     "cpu-quick": Protocol(
         name="cpu-quick", train_size=10_000, sparse_size=2_000, sparse_from="train", victim="quick_cnn",
-        recipe=TrainRecipe(epochs=6, batch_size=128, lr=0.05), denoiser_preset="small", denoiser_steps=1_500,
+        training=TrainSettings(epochs=6, batch_size=128, lr=0.05), denoiser_preset="small", denoiser_steps=1_500,
         denoiser_batch=32, denoiser_lr=1e-3, t_star=100, purify_steps=2,
         em=dict(pgd_steps=10, step_size=1.6 / 255, train_steps=10, max_rounds=5, stop_accuracy=0.99),
         tap=dict(steps=20), crafting_victim="quick_cnn",
@@ -54,7 +54,7 @@ PROTOCOLS = {
         auto=dict(images=1000, epochs=30, width=16, batch_size=128, t_stars=(100, 400))),
     "paper": Protocol(
         name="paper", train_size=None, sparse_size=2_000, sparse_from="test", victim="resnet18",
-        recipe=paper_recipe(), denoiser_preset="paper", denoiser_steps=100_000, denoiser_batch=128,
+        training=paper_training(), denoiser_preset="paper", denoiser_steps=100_000, denoiser_batch=128,
         denoiser_lr=1e-4, t_star=100, purify_steps=None,
         em=dict(pgd_steps=20, step_size=0.8 / 255, train_steps=10, max_rounds=20, stop_accuracy=0.99),
         tap=dict(steps=250), crafting_victim="resnet18",
@@ -62,7 +62,7 @@ PROTOCOLS = {
     # minutes-long end-to-end check of the harness itself (tests/harness/test_defense_harness.py); numbers meaningless
     "smoke": Protocol(
         name="smoke", train_size=200, sparse_size=100, sparse_from="train", victim="small_cnn",
-        recipe=TrainRecipe(epochs=1, batch_size=50, lr=0.05), denoiser_preset="tiny", denoiser_steps=3,
+        training=TrainSettings(epochs=1, batch_size=50, lr=0.05), denoiser_preset="tiny", denoiser_steps=3,
         denoiser_batch=16, denoiser_lr=1e-3, t_star=100, purify_steps=1,
         em=dict(pgd_steps=2, step_size=2 / 255, train_steps=2, max_rounds=1), tap=dict(steps=2),
         crafting_victim="small_cnn", test_size=300, rem=dict(adv_steps=1, eot_samples=1),
@@ -79,14 +79,14 @@ class GpuProtocol(Protocol):
             EM crafts against ``crafting_victim`` (ResNet-18 at full scale: EM's published setting).
         purify_batch, purify_bf16: purification batch size and bf16 autocast (CUDA only).
         elixir: DataElixir settings (noise std, rounds, reverse steps, tau, backdoor ratio, denoiser t_max).
-        resnet_recipe: the optional ResNet-18 rows' training recipe (the paper's 80 epochs).
+        resnet_training: the optional ResNet-18 rows' training settings (the paper's 80 epochs).
     """
 
     airbench: AirbenchConfig = AirbenchConfig()
     purify_batch: int = 500
     purify_bf16: bool = False
     elixir: dict[str, Any] = field(default_factory=dict)
-    resnet_recipe: TrainRecipe = field(default_factory=paper_recipe)
+    resnet_training: TrainSettings = field(default_factory=paper_training)
 
 
 GPU_PROTOCOLS = {
@@ -94,7 +94,7 @@ GPU_PROTOCOLS = {
     # other 8,000 (as the paper does). Sized for ~10 minutes of one H100/H200 (see gpu_full.sh).
     "gpu-full": GpuProtocol(
         name="gpu-full", train_size=None, sparse_size=2_000, sparse_from="test", victim="airbench94",
-        recipe=TrainRecipe(epochs=10, batch_size=512, lr=0.05), denoiser_preset="small", denoiser_steps=4_000,
+        training=TrainSettings(epochs=10, batch_size=512, lr=0.05), denoiser_preset="small", denoiser_steps=4_000,
         denoiser_batch=256, denoiser_lr=1e-3, t_star=100, purify_steps=2, denoiser_t_max=399,
         em=dict(pgd_steps=10, step_size=1.6 / 255, train_steps=10, max_rounds=10, stop_accuracy=0.99,
                 batch_size=512),
@@ -106,7 +106,7 @@ GPU_PROTOCOLS = {
     # the same run at CPU scale (minutes; numbers meaningless): rehearses every stage of gpu-full
     "gpu-full-dry": GpuProtocol(
         name="gpu-full-dry", train_size=300, sparse_size=200, sparse_from="test", victim="airbench94",
-        recipe=TrainRecipe(epochs=1, batch_size=100, lr=0.05), denoiser_preset="tiny", denoiser_steps=3,
+        training=TrainSettings(epochs=1, batch_size=100, lr=0.05), denoiser_preset="tiny", denoiser_steps=3,
         denoiser_batch=16, denoiser_lr=1e-3, t_star=100, purify_steps=1, denoiser_t_max=399,
         em=dict(pgd_steps=2, step_size=2 / 255, train_steps=2, max_rounds=1, batch_size=100),
         tap=dict(steps=2, batch_size=100), crafting_victim="airbench94", test_size=200,
@@ -114,6 +114,6 @@ GPU_PROTOCOLS = {
         airbench=AirbenchConfig(epochs=1, batch_size=100, widths=(16, 32, 32)), purify_batch=100,
         elixir=dict(noise_std=0.3, rounds=1, steps=1, tau=1, ratio=0.1, t_max=750, batch_size=100),
         auto=dict(images=100, epochs=1, width=4, batch_size=50, t_stars=(100,)),
-        resnet_recipe=TrainRecipe(epochs=1, batch_size=100, lr=0.05)),
+        resnet_training=TrainSettings(epochs=1, batch_size=100, lr=0.05)),
 }
 PROTOCOLS.update(GPU_PROTOCOLS)

@@ -20,7 +20,7 @@ from _common import RESULTS, command_line, machine_info, write_json_atomic
 from defense import PROTOCOLS, load_splits
 
 from eclipse_loader import poisons
-from eclipse_loader.evaluation.defenses import split_sparse
+from eclipse_loader.evaluation.defense_registry import split_sparse
 from eclipse_loader.select.candidates import default_candidates
 from eclipse_loader.select.offline import DenoiserPurify
 from eclipse_loader.select.proxy import ProxySettings
@@ -35,7 +35,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("bench-work/select-timing"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from eclipse_loader.denoiser.training import train_denoiser
+    from eclipse_loader.adapters.lightning_denoiser import train_denoiser
 
     train, sparse, _ = load_splits(PROTOCOLS["cpu-quick"], seed=0)
     poisoned = poisons.convolution_based(train, seed=0)

@@ -18,14 +18,18 @@ _LAZY = {
     "make_ffcv_loader": "eclipse_loader.adapters.ffcv_loaders",
     "TorchEpochLoader": "eclipse_loader.loading.torch_loader",
     "AugmentConfig": "eclipse_loader.loading.config",
+    "Normalization": "eclipse_loader.loading.config",
     "LabelledImages": "eclipse_loader.data.images",
     "InvalidInputError": "eclipse_loader.data.images",
     "as_labelled_images": "eclipse_loader.data.images",
-    "load_source": "eclipse_loader.data.sources",
+    "load_source": "eclipse_loader.storage.sources",  # data.sources' reader with betons registered
     "from_npz": "eclipse_loader.data.sources",
     "from_torchvision": "eclipse_loader.data.sources",
     "write_beton": "eclipse_loader.storage.beton",
     "read_beton": "eclipse_loader.storage.beton",
+    "train_denoiser": "eclipse_loader.adapters.lightning_denoiser",
+    "purify_dataset": "eclipse_loader.purify.run",
+    "purify_distributed": "eclipse_loader.adapters.lightning_purify",
 }
 __all__ = sorted(_LAZY)
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -66,7 +66,7 @@ def evaluate(denoiser_dir: Path, clean: np.ndarray, seed: int, batch: int) -> di
 def run(args: argparse.Namespace) -> None:
     from eclipse_loader.data.images import as_labelled_images
     from eclipse_loader.data.sparse import select_sparse_indices
-    from eclipse_loader.denoiser.training import train_denoiser
+    from eclipse_loader.adapters.lightning_denoiser import train_denoiser
 
     steps, out = args.train_denoiser_steps, Path(args.train_denoiser_out)
     archive = np.load(args.train_denoiser_data)

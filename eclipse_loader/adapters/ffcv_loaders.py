@@ -21,7 +21,7 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import Convert, RandomHorizontalFlip, RandomTranslate, Squeeze, ToDevice, ToTensor, ToTorchImage
 from torchvision.transforms import Normalize
 
-from ..loading.config import AugmentConfig
+from ..loading.config import AugmentConfig, Normalization, resolve_normalization
 from ..machine import usable_cores
 from ..loading.torch_loader import SetEpochRelay
 from ..storage.beton import check_beton
@@ -41,7 +41,8 @@ def clamp_workers(num_workers: Optional[int], local_world_size: int = 1) -> int:
 
 
 def image_pipeline(
-    augment: Optional[AugmentConfig], device: torch.device, seed: int, normalize: AugmentConfig, os_cache: bool = True
+    augment: Optional[AugmentConfig], device: torch.device, seed: int, normalization: Normalization,
+    os_cache: bool = True
 ) -> tuple[list[Any], Optional[CompensateFFCV]]:
     """The image field's operations, and the compensation op in it (to drive its epoch), if any."""
     ops: list[Any] = [RawRGBImageDecoder(os_cache)]
@@ -54,7 +55,7 @@ def image_pipeline(
         if augment.compensate:
             compensation = CompensateFFCV(augment.p_gray, augment.sigma, seed)
             ops.append(compensation)
-    mean, std = normalize.scale
+    mean, std = normalization.scale
     ops += [ToTensor(), ToDevice(device, non_blocking=True), ToTorchImage(), Convert(torch.float32), Normalize(mean, std)]
     return ops, compensation
 
@@ -117,7 +118,7 @@ def make_ffcv_loader(
     batch_size: int,
     *,
     augment: Optional[AugmentConfig] = None,
-    normalize: Optional[AugmentConfig] = None,
+    normalize: Optional[Normalization] = None,
     shuffle: bool = False,
     drop_last: bool = False,
     seed: int = 0,
@@ -142,7 +143,7 @@ def make_ffcv_loader(
     """
     path = check_beton(path)  # one clear error naming a truncated or damaged file, not FFCV's raw one
     device = torch.device(device)
-    ops, compensation = image_pipeline(augment, device, seed, normalize or augment or AugmentConfig(), os_cache)
+    ops, compensation = image_pipeline(augment, device, seed, resolve_normalization(normalize, augment), os_cache)
     with caching_ffcv_compiler():  # FFCV's own pipeline functions: compiled once per machine, not per process
         loader = Loader(
             str(path), batch_size=batch_size, num_workers=clamp_workers(num_workers, local_world_size),

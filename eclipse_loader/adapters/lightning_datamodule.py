@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 import numpy as np
 
 from ..data.images import LabelledImages, as_labelled_images
-from ..data.sources import load_source
+from ..storage.sources import load_source
 from ..loading.config import AugmentConfig
 from .datamodule_purify import (PurifySteps, RepairThreshold, check_purify_steps, check_repair_threshold,
                                 datamodule_purify_config, purified_file)

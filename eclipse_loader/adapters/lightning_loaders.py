@@ -102,13 +102,13 @@ def build_loader(
         from .ffcv_loaders import make_ffcv_loader
 
         return make_ffcv_loader(
-            data, batch_size, augment=augment if train else None, normalize=augment, shuffle=train,
+            data, batch_size, augment=augment if train else None, normalize=augment.normalization, shuffle=train,
             drop_last=train, seed=seed, num_workers=num_workers, distributed=world_size > 1,
             local_world_size=local_world_size,
         )
     return TorchEpochLoader(
-        data, batch_size, augment=augment if train else None, normalize=augment, shuffle=train, drop_last=train,
-        seed=seed, rank=rank, world_size=world_size, num_workers=min(num_workers or 0, 2),
+        data, batch_size, augment=augment if train else None, normalize=augment.normalization, shuffle=train,
+        drop_last=train, seed=seed, rank=rank, world_size=world_size, num_workers=min(num_workers or 0, 2),
     )
 
 

@@ -108,7 +108,7 @@ def _select(poisoned: LabelledImages, trusted: LabelledImages, denoiser_set: Lab
 
 def run(args: argparse.Namespace) -> int:
     from ..denoiser.io import weights_path
-    from ..denoiser.training import train_denoiser
+    from ..adapters.lightning_denoiser import train_denoiser
     from ..purify.preview import save_preview
 
     auto = args.recipe == "auto"

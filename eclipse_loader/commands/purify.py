@@ -150,7 +150,7 @@ def resolve_recipe(args: argparse.Namespace, data: LabelledImages) -> Recipe:
         return recipe_from_args(args)
     if args.trusted is None:
         raise ValueError("--recipe auto needs --trusted SOURCE (the trusted clean images to validate on)")
-    from ..data.sources import load_source
+    from ..storage.sources import load_source
     from ..select.api import tune
 
     tune_dir = args.tune_dir or f"{args.output}.tune"
@@ -161,7 +161,7 @@ def resolve_recipe(args: argparse.Namespace, data: LabelledImages) -> Recipe:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.sources import load_source
+    from ..storage.sources import load_source
     from ..purify.run import purify_dataset
 
     if args.recipe != "auto":
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         if args.device is not None:
             raise ValueError("--device selects the single-process path; with --devices/--num-nodes/--strategy "
                              "use --accelerator (cpu, gpu, ...) instead")
-        from ..purify.distributed import purify_distributed
+        from ..adapters.lightning_purify import purify_distributed
 
         out = purify_distributed(
             data, args.denoiser, args.output, config=config, work_dir=args.work_dir, batch_size=args.batch_size,
@@ -236,7 +236,7 @@ def _write_unpurified(args: argparse.Namespace, data: LabelledImages, original: 
 def _preview(args: argparse.Namespace, original: LabelledImages, out: object, p_gray: float, sigma: float) -> None:
     if not args.preview:
         return
-    from ..data.sources import load_source
+    from ..storage.sources import load_source
     from ..purify.preview import save_preview
 
     purified = load_source(str(out), num_classes=original.num_classes).images

@@ -90,10 +90,10 @@ def _devices(value: str) -> "int | str":
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.sources import load_source
+    from ..storage.sources import load_source
     from ..data.sparse import check_overlap, duplicate_enlarge, select_sparse_indices
     from ..denoiser.resume import default_work_dir
-    from ..denoiser.training import TrainingInterrupted
+    from ..denoiser.objective import TrainingInterrupted
 
     pool = load_source(args.source)
     if args.all:
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, train_set: Any, indices: list[int], work: Any) -> Any:
-    from ..denoiser.training import train_denoiser
+    from ..adapters.lightning_denoiser import train_denoiser
 
     return train_denoiser(
         train_set, args.preset, args.output, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,

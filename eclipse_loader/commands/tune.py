@@ -57,7 +57,7 @@ def _t_stars(text: str) -> tuple[int, ...]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data.sources import load_source
+    from ..storage.sources import load_source
     from ..recipes import DEFAULT_RECIPE
     from ..select.api import tune
     from ..select.proxy import ProxySettings

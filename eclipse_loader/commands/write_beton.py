@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..data.sources import SOURCE_SPEC_HELP, load_source
+from ..data.sources import SOURCE_SPEC_HELP
+from ..storage.sources import load_source
 from ..storage.beton import write_beton
 
 

@@ -239,10 +239,9 @@ def _load_arrays(kind: str, rest: str, grayscale: GrayscalePolicy, num_classes: 
         parts = rest.split(":")
         keys = parts[1:3] if len(parts) >= 3 else [None, None]
         return from_npz(parts[0], keys[0], keys[1], grayscale, num_classes)
-    if kind not in _READERS:
-        # TRANSITIONAL upward import (tests/core/test_import_boundaries.py lists it): it goes once
-        # eclipse_loader/storage/__init__.py imports .sources, which registers the beton reader
-        from ..storage import sources  # noqa: F401
+    if kind not in _READERS:  # the storage layer registers "beton" when it is imported
+        raise ValueError(f"{kind} sources are read by eclipse_loader.storage: use eclipse_loader.load_source "
+                         "(or import eclipse_loader.storage first)")
     return _READERS[kind](rest, num_classes)
 
 

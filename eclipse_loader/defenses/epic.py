@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..data.images import LabelledImages
-from ..loading.config import AugmentConfig
+from ..loading.config import Normalization
 from .epic_selection import (Metric, Selection, class_budgets, facility_location, gradient_proxy, select_isolated,
                              similarity)
 
@@ -138,7 +138,7 @@ class EpicSelector:
     data: LabelledImages
     sampler: EpicSampler
     schedule: EpicSchedule = field(default_factory=EpicSchedule)
-    normalize: Optional[AugmentConfig] = None
+    normalize: Optional[Normalization] = None
     poison_mask: Optional[np.ndarray] = None
     batch_size: int = 256
     seed: int = 0

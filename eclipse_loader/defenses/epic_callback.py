@@ -21,7 +21,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from ..data.images import LabelledImages
-from ..loading.config import AugmentConfig
+from ..loading.config import Normalization
 from .epic import EpicSampler, EpicSchedule, EpicSelector
 
 
@@ -34,7 +34,7 @@ class EpicCallback(pl.Callback):
         sampler: EpicSampler,
         schedule: EpicSchedule = EpicSchedule(),
         *,
-        normalize: Optional[AugmentConfig] = None,
+        normalize: Optional[Normalization] = None,
         poison_mask: Optional[np.ndarray] = None,
         seed: int = 0,
     ) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..data.images import LabelledImages
-from ..loading.config import AugmentConfig
+from ..loading.config import Normalization
 from ..loading.torch_loader import TorchEpochLoader
 from ..nn_utils import eval_mode
 
@@ -24,7 +24,7 @@ def gradient_proxy(
     data: LabelledImages,
     *,
     batch_size: int = 256,
-    normalize: Optional[AugmentConfig] = None,
+    normalize: Optional[Normalization] = None,
     device: Union[str, torch.device, None] = None,
 ) -> np.ndarray:
     """``softmax(logits) - onehot(label)`` for every example of ``data`` (eval mode, no augmentation).

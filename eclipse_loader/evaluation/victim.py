@@ -59,10 +59,10 @@ VICTIMS: dict[str, ModelFactory] = {"small_cnn": small_cnn, "quick_cnn": quick_c
 
 
 @dataclass(frozen=True)
-class TrainRecipe:
-    """How a victim is trained. Defaults: the fast CPU recipe (one-cycle LR, weight decay 5e-4).
+class TrainSettings:
+    """How a victim is trained. Defaults: the fast CPU settings (one-cycle LR, weight decay 5e-4).
 
-    `paper_recipe` gives ECLIPSE's protocol: SGD lr 0.1 constant, momentum 0.9, no weight decay,
+    `paper_training` gives ECLIPSE's protocol: SGD lr 0.1 constant, momentum 0.9, no weight decay,
     batch 128, 80 epochs, last-epoch accuracy.
     """
 
@@ -81,10 +81,10 @@ class TrainRecipe:
             raise ValueError(f"schedule must be 'onecycle' or 'constant', got {self.schedule!r}")
 
 
-def paper_recipe() -> TrainRecipe:
+def paper_training() -> TrainSettings:
     """ECLIPSE's victim protocol (paper §4.1 and its train.py)."""
-    return TrainRecipe(epochs=80, batch_size=128, lr=0.1, schedule="constant", momentum=0.9, weight_decay=0.0,
-                       nesterov=False)
+    return TrainSettings(epochs=80, batch_size=128, lr=0.1, schedule="constant", momentum=0.9, weight_decay=0.0,
+                         nesterov=False)
 
 
 @dataclass(frozen=True)
@@ -112,26 +112,26 @@ def train_classifier(
     train: LabelledImages,
     augment: Optional[AugmentConfig],
     *,
-    recipe: TrainRecipe = TrainRecipe(),
+    training: TrainSettings = TrainSettings(),
     seed: int = 0,
     model_factory: ModelFactory = small_cnn,
     device: Union[str, torch.device] = "cpu",
     log: Optional[Callable[[str], None]] = None,
     batch_transform: Optional[BatchTransform] = None,
 ) -> nn.Module:
-    """Train a fresh ``model_factory`` network on ``train`` with ``recipe``; returns it (eval mode).
+    """Train a fresh ``model_factory`` network on ``train`` with ``training``; returns it (eval mode).
 
     ``batch_transform``: a defence's extra per-batch step before crop/flip (`TorchEpochLoader`)."""
     device = torch.device(device)
     torch.manual_seed(seed)
     model = model_factory(train.num_classes).to(device, memory_format=torch.channels_last)
-    loader = TorchEpochLoader(train, recipe.batch_size, augment=augment, shuffle=True, drop_last=True, seed=seed,
+    loader = TorchEpochLoader(train, training.batch_size, augment=augment, shuffle=True, drop_last=True, seed=seed,
                               batch_transform=batch_transform)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                nesterov=recipe.nesterov and recipe.momentum > 0, weight_decay=recipe.weight_decay)
-    schedule = (torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * len(loader))
-                if recipe.schedule == "onecycle" else None)
-    for epoch in range(recipe.epochs):
+    optimizer = torch.optim.SGD(model.parameters(), lr=training.lr, momentum=training.momentum,
+                                nesterov=training.nesterov and training.momentum > 0, weight_decay=training.weight_decay)
+    schedule = (torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=training.lr, total_steps=training.epochs * len(loader))
+                if training.schedule == "onecycle" else None)
+    for epoch in range(training.epochs):
         model.train()
         for x, y in loader:
             x = x.to(device, memory_format=torch.channels_last, non_blocking=True)
@@ -142,7 +142,7 @@ def train_classifier(
             if schedule is not None:
                 schedule.step()
         if log is not None:
-            log(f"  epoch {epoch + 1}/{recipe.epochs}: loss {loss.item():.3f}")
+            log(f"  epoch {epoch + 1}/{training.epochs}: loss {loss.item():.3f}")
     return model.eval()
 
 
@@ -154,7 +154,7 @@ def train_victim(
     epochs: int = 15,
     batch_size: int = 128,
     lr: float = 0.05,
-    recipe: Optional[TrainRecipe] = None,
+    training: Optional[TrainSettings] = None,
     seed: int = 0,
     model_factory: ModelFactory = small_cnn,
     device: Union[str, torch.device] = "cpu",
@@ -163,12 +163,12 @@ def train_victim(
 ) -> VictimResult:
     """Train a fresh victim on ``train`` and report its last-epoch accuracy on ``test``.
 
-    ``recipe`` overrides ``epochs``/``batch_size``/``lr`` (default: SGD, momentum 0.9, one-cycle LR);
+    ``training`` overrides ``epochs``/``batch_size``/``lr`` (default: SGD, momentum 0.9, one-cycle LR);
     ``batch_transform`` as in `train_classifier`.
     """
-    recipe = recipe or TrainRecipe(epochs=epochs, batch_size=batch_size, lr=lr)
+    training = training or TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr)
     start = time.perf_counter()
-    model = train_classifier(train, augment, recipe=recipe, seed=seed, model_factory=model_factory, device=device,
+    model = train_classifier(train, augment, training=training, seed=seed, model_factory=model_factory, device=device,
                              log=log, batch_transform=batch_transform)
     seconds = time.perf_counter() - start
-    return VictimResult(evaluate(model, test, device=device), seconds, recipe.epochs, model)
+    return VictimResult(evaluate(model, test, device=device), seconds, training.epochs, model)

@@ -13,7 +13,7 @@ import torch
 
 from ..compensation import counter_rng as rng
 from ..compensation.functional import compensate_with_keys
-from .config import AugmentConfig
+from .config import AugmentConfig, Normalization
 
 _FLIP_STREAM, _SHIFT_Y_STREAM, _SHIFT_X_STREAM = 0x1B873593, 0x27D4EB2F, 0x165667B1
 _GEOMETRY_STREAM = 0x7F4A7C15
@@ -59,11 +59,11 @@ def augment_batch(
 
 
 class Normalizer:
-    """uint8 ``(B, C, H, W)`` -> float32 ``(x - mean) / std`` on the 0-255 scale of `AugmentConfig.scale`
+    """uint8 ``(B, C, H, W)`` -> float32 ``(x - mean) / std`` on the 0-255 scale of `Normalization.scale`
     (the same float operations as torchvision's ``Normalize`` after ``Convert(float32)`` in FFCV)."""
 
-    def __init__(self, normalize: AugmentConfig, device: torch.device) -> None:
-        mean, std = normalize.scale
+    def __init__(self, normalization: Normalization, device: torch.device) -> None:
+        mean, std = normalization.scale
         self.uniform = len(set(mean)) == 1 and len(set(std)) == 1
         self.mean = torch.tensor(mean, device=device)
         self.std = torch.tensor(std, device=device)

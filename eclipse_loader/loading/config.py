@@ -10,6 +10,32 @@ from ..machine import usable_cores  # noqa: F401 (re-exported: its home before e
 
 
 @dataclass(frozen=True)
+class Normalization:
+    """The float conversion every loader ends with: ``(x / 255 - mean) / std`` per channel.
+
+    Attributes:
+        mean, std: per-channel values in [0, 1] units; both ``None`` (default) keeps [0, 1] floats (the
+            paper's choice).
+    """
+
+    mean: Optional[tuple[float, ...]] = None
+    std: Optional[tuple[float, ...]] = None
+
+    def __post_init__(self) -> None:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+
+    @property
+    def scale(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Mean and std on the 0-255 scale, as ``torchvision.transforms.Normalize`` needs them."""
+        mean = self.mean or (0.0, 0.0, 0.0)
+        std = self.std or (1.0, 1.0, 1.0)
+        return tuple(255.0 * m for m in mean), tuple(255.0 * s for s in std)
+
+
+@dataclass(frozen=True)
 class AugmentConfig:
     """Per-sample processing of a training loader (evaluation loaders apply none of it).
 
@@ -38,14 +64,19 @@ class AugmentConfig:
         check_compensation_args(self.p_gray, self.sigma, 0)
         if self.translate_padding < 0:
             raise ValueError(f"translate_padding must be >= 0, got {self.translate_padding}")
-        if (self.mean is None) != (self.std is None):
-            raise ValueError("give both mean and std, or neither")
-        if self.std is not None and any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
+        Normalization(self.mean, self.std)  # validates them
 
     @property
-    def scale(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Mean and std on the 0-255 scale, as ``torchvision.transforms.Normalize`` needs them."""
-        mean = self.mean or (0.0, 0.0, 0.0)
-        std = self.std or (1.0, 1.0, 1.0)
-        return tuple(255.0 * m for m in mean), tuple(255.0 * s for s in std)
+    def normalization(self) -> Normalization:
+        """This config's ``mean``/``std`` (what its evaluation loaders use too)."""
+        return Normalization(self.mean, self.std)
+
+
+def resolve_normalization(normalize: Optional[Normalization], augment: Optional[AugmentConfig]) -> Normalization:
+    """A loader's normalisation: ``normalize`` if given, else the augmentation's, else [0, 1] floats."""
+    if normalize is None:
+        return augment.normalization if augment is not None else Normalization()
+    if not isinstance(normalize, Normalization):
+        raise TypeError(f"normalize must be a Normalization(mean, std), got {type(normalize).__name__}"
+                        + (" (use its .normalization)" if isinstance(normalize, AugmentConfig) else ""))
+    return normalize

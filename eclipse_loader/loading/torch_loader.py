@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from ..data.images import LabelledImages
 from .batch_augment import Normalizer, augment_batch, flip_and_translate
-from .config import AugmentConfig
+from .config import AugmentConfig, Normalization, resolve_normalization
 
 __all__ = ["BatchTransform", "SetEpochRelay", "TorchEpochLoader", "epoch_order", "flip_and_translate"]
 
@@ -40,10 +40,10 @@ class _BatchMaker:
     """Gathers, augments and scales the batch of given dataset indices (picklable for DataLoader workers)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: Optional[AugmentConfig], seed: int,
-                 epoch: int, normalize: AugmentConfig, batch_transform: Optional[BatchTransform] = None) -> None:
+                 epoch: int, normalization: Normalization, batch_transform: Optional[BatchTransform] = None) -> None:
         self.images, self.labels = images, labels  # images: (N, H, W, 3) uint8, contiguous
         self.augment, self.seed, self.epoch, self.batch_transform = augment, seed, epoch, batch_transform
-        self.scale = Normalizer(normalize, images.device)
+        self.scale = Normalizer(normalization, images.device)
 
     def __call__(self, indices: Union[list[int], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.int64, device=self.images.device)
@@ -75,7 +75,7 @@ class TorchEpochLoader:
         data: the samples.
         batch_size: per-rank batch size.
         augment: training augmentation and compensation, or ``None`` for evaluation (no augmentation).
-        normalize: a config whose ``mean``/``std`` are used (defaults to [0, 1] scaling).
+        normalize: the float conversion (default: ``augment``'s mean/std, else [0, 1] floats).
         shuffle, drop_last: as in ``DataLoader``.
         seed: base seed of order, augmentation and compensation.
         rank, world_size: shard for distributed training (padded like ``DistributedSampler``).
@@ -98,7 +98,7 @@ class TorchEpochLoader:
         data: LabelledImages,
         batch_size: int,
         augment: Optional[AugmentConfig] = None,
-        normalize: Optional[AugmentConfig] = None,
+        normalize: Optional[Normalization] = None,
         shuffle: bool = False,
         drop_last: bool = False,
         seed: int = 0,
@@ -116,7 +116,8 @@ class TorchEpochLoader:
         build_on = torch.device("cpu") if num_workers > 0 else self.device
         self.images = torch.from_numpy(np.ascontiguousarray(data.images)).to(build_on)
         self.labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64)).to(build_on)
-        self.batch_size, self.augment, self.normalize = batch_size, augment, normalize or augment or AugmentConfig()
+        self.batch_size, self.augment = batch_size, augment
+        self.normalization = resolve_normalization(normalize, augment)
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.batch_transform = batch_transform
@@ -141,7 +142,7 @@ class TorchEpochLoader:
         epoch = self.next_epoch
         self.next_epoch += 1
         order = epoch_order(len(self.labels), self.seed, epoch, self.shuffle, self.rank, self.world_size)
-        make = _BatchMaker(self.images, self.labels, self.augment, self.seed, epoch, self.normalize, self.batch_transform)
+        make = _BatchMaker(self.images, self.labels, self.augment, self.seed, epoch, self.normalization, self.batch_transform)
         if self.num_workers == 0:
             order_t = torch.from_numpy(order).to(self.device)
             stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)

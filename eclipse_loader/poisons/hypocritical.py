@@ -32,13 +32,13 @@ def hypocritical_crafting_model(
 ) -> nn.Module:
     """A ``model_factory`` network trained for only ``epochs`` epochs on clean ``train`` (SGD at a
     constant ``lr``, flip + crop, no compensation): the "slightly trained" crafting model. Eval mode."""
-    from ..evaluation.victim import TrainRecipe, train_classifier
+    from ..evaluation.victim import TrainSettings, train_classifier
     from ..loading.config import AugmentConfig
 
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    recipe = TrainRecipe(epochs=epochs, batch_size=batch_size, lr=lr, schedule="constant")
-    return train_classifier(train, AugmentConfig(compensate=False), recipe=recipe, seed=seed,
+    training = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, schedule="constant")
+    return train_classifier(train, AugmentConfig(compensate=False), training=training, seed=seed,
                             model_factory=model_factory, device=device, log=log)
 
 

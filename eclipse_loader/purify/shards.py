@@ -1,7 +1,7 @@
 """Index-keyed shards of a purification job: what is still to do, and their exactly-once collection.
 
 Framework-free (numpy only): `eclipse_loader.purify.engine` (one process, or each rank of the Lightning
-pass in `eclipse_loader.purify.distributed`) writes the shards, this module decides what is still to
+pass in `eclipse_loader.adapters.lightning_purify`) writes the shards, this module decides what is still to
 do and puts the pieces back together.
 
 Layout of a shard directory::

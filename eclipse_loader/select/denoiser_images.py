@@ -12,7 +12,7 @@ def denoiser_training_images(denoiser_dir: Union[str, os.PathLike]) -> tuple[Opt
 
     ``eclipse-loader train-denoiser`` records its ``source`` and ``sparse_indices``; those are reloaded.
     """
-    from ..data.sources import load_source
+    from ..storage.sources import load_source
     from ..denoiser.io import load_metadata
 
     meta = load_metadata(denoiser_dir)

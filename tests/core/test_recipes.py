@@ -9,7 +9,7 @@ import torch
 
 from eclipse_loader.denoiser.io import check_serves_t_star, save_denoiser
 from eclipse_loader.denoiser.presets import build_scheduler, build_unet
-from eclipse_loader.evaluation.defenses import DEFENSES
+from eclipse_loader.evaluation.defense_registry import DEFENSES
 from eclipse_loader.purify.outliers import repair_isolated_pixels
 from eclipse_loader.purify.purifier import Purifier, PurifyConfig
 from eclipse_loader.recipes import RECIPES, get_recipe

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from eclipse_loader.evaluation.defenses import (AUTO, apply_offline, batch_transform, candidate_defense,
+from eclipse_loader.evaluation.defense_registry import (AUTO, apply_offline, batch_transform, candidate_defense,
                                                 offline_steps, resolve_auto, split_sparse)
 from eclipse_loader.recipes import DEFAULT_RECIPE
 from eclipse_loader.select.candidates import Candidate

@@ -32,3 +32,17 @@ def test_the_storage_layer_registers_the_beton_reader():
     from eclipse_loader.storage.reader import read_beton
 
     assert storage_sources is not None and sources._READERS["beton"] is read_beton
+
+
+def test_without_the_storage_layer_a_beton_source_is_one_clear_error(monkeypatch):
+    monkeypatch.delitem(sources._READERS, "beton", raising=False)
+    with pytest.raises(ValueError, match="beton sources are read by eclipse_loader.storage"):
+        sources.load_source("x.beton")
+
+
+def test_the_public_load_source_is_the_one_with_betons_registered():
+    import eclipse_loader
+    from eclipse_loader.storage import sources as storage_sources
+
+    assert eclipse_loader.load_source is storage_sources.load_source is sources.load_source
+    assert "beton" in sources._READERS

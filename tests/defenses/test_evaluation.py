@@ -7,8 +7,8 @@ import torch
 
 from eclipse_loader.compensation.functional import luma_uint8
 from eclipse_loader.evaluation.baselines import grayscale, jpeg
-from eclipse_loader.evaluation.defenses import DEFENSES, apply_offline, offline_steps
-from eclipse_loader.evaluation.victim import paper_recipe, quick_cnn, resnet18_cifar
+from eclipse_loader.evaluation.defense_registry import DEFENSES, apply_offline, offline_steps
+from eclipse_loader.evaluation.victim import paper_training, quick_cnn, resnet18_cifar
 
 
 def test_jpeg_quality_orders_the_distortion(cifar_small):
@@ -39,11 +39,11 @@ def test_defense_registry_names_and_missing_step(cifar_small):
     assert (both.images[..., 0] == both.images[..., 2]).mean() > 0.9
 
 
-def test_victims_shapes_and_paper_recipe():
+def test_victims_shapes_and_paper_training():
     model = resnet18_cifar(10)
     assert model.conv1.stride == (1, 1) and isinstance(model.maxpool, torch.nn.Identity)
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     assert quick_cnn(10)(torch.rand(2, 3, 32, 32)).shape == (2, 10)
-    recipe = paper_recipe()
-    assert (recipe.epochs, recipe.batch_size, recipe.lr, recipe.schedule, recipe.weight_decay) == (80, 128, 0.1,
+    training = paper_training()
+    assert (training.epochs, training.batch_size, training.lr, training.schedule, training.weight_decay) == (80, 128, 0.1,
                                                                                                    "constant", 0.0)

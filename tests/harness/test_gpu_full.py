@@ -115,7 +115,7 @@ def test_auto_purifies_with_its_own_denoiser(tmp_path, monkeypatch):
     from gpu_full import GpuHarness
     from protocols import GPU_PROTOCOLS
 
-    from eclipse_loader.evaluation.defenses import candidate_defense
+    from eclipse_loader.evaluation.defense_registry import candidate_defense
     from eclipse_loader.select.candidates import Candidate
 
     h = GpuHarness(GPU_PROTOCOLS["gpu-full-dry"], tmp_path / "work", "cpu", 0, splits=_splits(tmp_path / "s.npz"))

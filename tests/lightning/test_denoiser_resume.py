@@ -18,7 +18,7 @@ import torch
 from eclipse_loader.data.embedded import load_embedded
 from eclipse_loader.denoiser.io import load_denoiser
 from eclipse_loader.denoiser.resume import TrainingWorkDirError, default_work_dir
-from eclipse_loader.denoiser.training import train_denoiser
+from eclipse_loader.adapters.lightning_denoiser import train_denoiser
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -83,9 +83,9 @@ def test_an_exception_in_the_loader_thread_reaches_the_caller_within_seconds(bet
 def test_a_shape_error_in_the_pipeline_is_raised_not_hung(beton):
     """Issue 14 item 5, below the DataModule's own check: two-channel mean/std reach Normalize."""
     from eclipse_loader.adapters.ffcv_loaders import LoaderThreadError, make_ffcv_loader
-    from eclipse_loader.loading.config import AugmentConfig
+    from eclipse_loader.loading.config import Normalization
 
-    loader = make_ffcv_loader(beton, 16, normalize=AugmentConfig(mean=(0.5, 0.5), std=(0.2, 0.2)), num_workers=1)
+    loader = make_ffcv_loader(beton, 16, normalize=Normalization(mean=(0.5, 0.5), std=(0.2, 0.2)), num_workers=1)
     with pytest.raises(LoaderThreadError, match="small.beton failed"):
         next(iter(loader))
 

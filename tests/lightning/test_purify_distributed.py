@@ -43,14 +43,14 @@ def recording(self, images, indices):
     return original(self, images, indices)
 purifier.Purifier.purify = recording
 if sys.argv[2] == "single":
-    from eclipse_loader.data.sources import load_source
+    from eclipse_loader.storage.sources import load_source
     from eclipse_loader.purify.run import purify_dataset
     src, den, beton, npz = sys.argv[3:7]
     purify_dataset(load_source(src), den, beton, config=config, batch_size=%(batch)d,
                    progress=False, also_npz=npz)
 elif sys.argv[2] == "api":
-    from eclipse_loader.data.sources import load_source
-    from eclipse_loader.purify.distributed import purify_distributed
+    from eclipse_loader.storage.sources import load_source
+    from eclipse_loader.adapters.lightning_purify import purify_distributed
     src, den, beton, work, devices = sys.argv[3:8]
     purify_distributed(load_source(src), den, beton, config=config, work_dir=work,
                        batch_size=%(batch)d, accelerator="cpu", devices=int(devices), strategy="ddp",

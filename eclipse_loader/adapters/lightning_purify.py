@@ -34,10 +34,10 @@ from diffusers import DDPMScheduler
 from ..data.images import LabelledImages
 from ..denoiser.io import check_serves_t_star, denoiser_hash, load_denoiser
 from ..output_files import output_lock, remove_stale_temporaries
-from .engine import cache_key, check_outputs, is_up_to_date, purification_metadata, purify_block, write_purified
-from .purifier import Purifier, PurifyConfig, resolve_schedule
-from .shards import pending_blocks, prepare_job, save_shard
-from .workdir import remove_job_files
+from ..purify.engine import cache_key, check_outputs, is_up_to_date, purification_metadata, purify_block, write_purified
+from ..purify.purifier import Purifier, PurifyConfig, resolve_schedule
+from ..purify.shards import pending_blocks, prepare_job, save_shard
+from ..purify.workdir import remove_job_files
 
 PathLike = Union[str, os.PathLike]
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork")

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import lightning as L
 
-from .resume import CHECKPOINT_DIR, LAST_CHECKPOINT
+from ..denoiser.resume import CHECKPOINT_DIR, LAST_CHECKPOINT
 
 
 class StepTimer(L.Callback):

@@ -7,30 +7,30 @@ loss history; the noise stream is reseeded from the step). The loss is logged th
 (``WORK/logs/version_N/metrics.csv``, one version per start). Lightning's ``accelerator``,
 ``devices``, ``strategy`` and ``num_nodes`` choose the hardware (DDP on ``strategy="ddp"``).
 
-Only this module and `training_callbacks` of the denoiser package import Lightning.
+The objective itself (loss, seeds, checks) is framework-free: `eclipse_loader.denoiser.objective`.
 """
 from __future__ import annotations
 
 import copy
 import os
-import time
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import lightning as L
-import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..data.images import LabelledImages
 from ..data.pixels import to_model_range  # the same [-1, 1] scaling the purifier feeds the U-Net
-from .io import save_denoiser
-from .resume import CHECKPOINT_DIR, LAST_CHECKPOINT, open_training_work_dir
-from .training_callbacks import StepTimer, checkpoints_and_logs
-from .presets import NUM_TRAIN_TIMESTEPS, build_scheduler, build_unet, get_preset
+from ..denoiser.io import save_denoiser
+from ..denoiser.objective import TrainingInterrupted, check_t_max, check_training_request, denoising_loss, noise_seed
+from ..denoiser.presets import NUM_TRAIN_TIMESTEPS, build_scheduler
+from ..denoiser.resume import CHECKPOINT_DIR, LAST_CHECKPOINT, open_training_work_dir
+from .lightning_denoiser_callbacks import StepTimer, checkpoints_and_logs
+
+__all__ = ["DenoiserModule", "TrainingInterrupted", "train_denoiser"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -99,16 +99,7 @@ class DenoiserModule(L.LightningModule):
             self._ema_state = None
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x0 = batch[0]
-        n = x0.shape[0]
-        # 1. draw noise and timesteps from our own generator (CPU, so runs match across devices)
-        noise = torch.randn(x0.shape, generator=self._gen).to(x0.device)
-        t = torch.randint(0, self.t_high, (n,), generator=self._gen).to(x0.device)
-        # 2. forward process in closed form: x_t = sqrt(abar) x0 + sqrt(1 - abar) eps
-        abar = self.alphas_cumprod[t].view(n, 1, 1, 1)
-        x_t = abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
-        # 3. eps-MSE (fixed-variance simplification of the paper's L_hybrid)
-        loss = F.mse_loss(self.unet(x_t, t).sample, noise)
+        loss = denoising_loss(self.unet, self.alphas_cumprod, batch[0], self._gen, self.t_high)
         self.log("loss", loss, prog_bar=True)
         if self.global_step % 25 == 0:
             self.loss_history.append((int(self.global_step), float(loss.detach())))
@@ -129,27 +120,6 @@ class DenoiserModule(L.LightningModule):
             self.ema.to("cpu")
             self.ema.copy_to(unet.parameters())
         return unet.eval()
-
-
-class TrainingInterrupted(RuntimeError):
-    """Training stopped on SIGTERM after a completed step (its state is checkpointed with a work dir)."""
-
-
-def noise_seed(seed: int, rank: int, step: int) -> int:
-    """Seed of the noise/timestep generator for a (re)start at ``step`` on ``rank``.
-
-    A fresh single-process run keeps ``seed + 1`` (the draws of earlier versions); every other
-    (rank, step) gets its own stream.
-    """
-    if rank == 0 and step == 0:
-        return int(seed) + 1
-    return int(np.random.SeedSequence([int(seed) + 1, int(rank), int(step)]).generate_state(1)[0])
-
-
-def check_t_max(t_max: Optional[int]) -> None:
-    """Raise ValueError unless ``t_max`` is None or an int in ``[0, T)``."""
-    if t_max is not None and (int(t_max) != t_max or not 0 <= t_max < NUM_TRAIN_TIMESTEPS):
-        raise ValueError(f"t_max must be None or an integer in [0, {NUM_TRAIN_TIMESTEPS}), got {t_max!r}")
 
 
 def train_denoiser(
@@ -204,21 +174,8 @@ def train_denoiser(
     Returns:
         ``out_dir`` as a `Path`.
     """
-    get_preset(preset)
-    check_t_max(t_max)
-    if int(max_steps) != max_steps or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
-    for name, value in (("checkpoint_every", checkpoint_every), ("log_every", log_every)):
-        if int(value) != value or value < 0 or (name == "log_every" and value < 1):
-            raise ValueError(f"{name} must be a {'positive' if name == 'log_every' else 'non-negative'} integer, "
-                             f"got {value!r}")
-    if len(data) == 0:
-        raise ValueError("cannot train a denoiser on an empty dataset")
+    unet_kwargs = check_training_request(data, preset, max_steps, t_max, checkpoint_every, log_every)
     image_size = data.image_shape[0]
-    if data.image_shape[0] != data.image_shape[1]:
-        raise ValueError(f"images must be square, got {data.image_shape}")
-    unet_kwargs = build_unet(preset, image_size).config
-    unet_kwargs = {k: v for k, v in dict(unet_kwargs).items() if not k.startswith("_")}
     module = DenoiserModule(unet_kwargs, lr=lr, ema_decay=ema_decay, t_max=t_max, seed=seed)
     batch_size = min(int(batch_size), len(data))
     checkpoint, work = None, None if work_dir is None else Path(work_dir)

@@ -9,7 +9,7 @@ import torch
 from eclipse_loader.data.embedded import load_embedded
 from eclipse_loader.denoiser import build_scheduler, build_unet, denoiser_hash, get_preset, load_denoiser, save_denoiser
 from eclipse_loader.denoiser.io import DenoiserNotFoundError, weights_path
-from eclipse_loader.denoiser.training import DenoiserModule, train_denoiser
+from eclipse_loader.adapters.lightning_denoiser import DenoiserModule, train_denoiser
 
 
 
