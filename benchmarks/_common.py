@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -264,3 +265,18 @@ def grouped_bar_plot(rows: dict[str, dict[str, float]], series: list[str], path:
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rho with average ranks for ties."""
+    def ranks(x: list[float]) -> np.ndarray:
+        x = np.asarray(x)
+        order = x.argsort()
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        for value in np.unique(x):
+            r[x == value] = r[x == value].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    return float(np.corrcoef(ra, rb)[0, 1])

@@ -16,34 +16,43 @@ from pathlib import Path
 from typing import Any
 
 AUTO = "auto"
+CHOICES = {"auto": "auto_choices", "auto-best": "auto_best_choices"}  # column -> the result's key of its choices
 
 
-def targets(run: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
-    """The comparison of ``run``'s auto column with every fixed defence of ``fixed`` (and of ``run``)."""
-    attacks = [a for a in run["attacks_in_means"] if AUTO in run["table"].get(a, {})]
+def _selected(defense: str) -> bool:
+    """Columns that are not fixed defences: the auto columns and single selection candidates."""
+    return defense in CHOICES or defense.startswith("candidate:")
+
+
+def targets(run: dict[str, Any], fixed: dict[str, Any], column: str = AUTO) -> dict[str, Any]:
+    """The comparison of ``run``'s ``column`` (``auto`` or ``auto-best``) with every fixed defence of ``fixed``
+    (and of ``run``)."""
+    choices = run.get(CHOICES[column], {})
+    attacks = [a for a in run["attacks_in_means"] if column in run["table"].get(a, {})]
     clean = run["clean_accuracy"]
     rows, shared = {}, {}
     for attack in attacks:
-        candidates = {**fixed["table"].get(attack, {}), **{d: v for d, v in run["table"][attack].items() if d != AUTO}}
+        candidates = {**{d: v for d, v in fixed["table"].get(attack, {}).items() if not _selected(d)},
+                      **{d: v for d, v in run["table"][attack].items() if not _selected(d)}}
         best = max(candidates, key=candidates.get)
-        auto = run["table"][attack][AUTO]
-        rows[attack] = {"auto": auto, "chosen": run.get("auto_choices", {}).get(attack, {}).get("chosen"),
+        auto = run["table"][attack][column]
+        rows[attack] = {"auto": auto, "chosen": choices.get(attack, {}).get("chosen"),
                         "best_fixed": best, "best_fixed_accuracy": candidates[best],
                         "gap_points": round(100 * (auto - candidates[best]), 2), "ratio_to_clean": auto / clean}
     for attack in ["none", *attacks]:
         for d, v in run["table"].get(attack, {}).items():
-            if d != AUTO and d in fixed["table"].get(attack, {}):
+            if not _selected(d) and d in fixed["table"].get(attack, {}):
                 shared[f"{attack}|{d}"] = {"this_run": v, "fixed_table": fixed["table"][attack][d]}
     complete = len(attacks) == len(fixed["attacks_in_means"])
     auto_mean = sum(r["auto"] for r in rows.values()) / len(rows) if rows else None
     fixed_means = {d: sum(fixed["table"][a][d] for a in attacks) / len(attacks) for d in fixed["defenses"]
                    if rows and all(d in fixed["table"][a] for a in attacks)}
-    clean_auto = run["table"]["none"].get(AUTO)
+    clean_auto = run["table"]["none"].get(column)
     return {
-        "auto_run": run["command"], "fixed_table": fixed["command"], "fixed_date": fixed["date"],
+        "column": column, "auto_run": run["command"], "fixed_table": fixed["command"], "fixed_date": fixed["date"],
         "attacks": attacks, "all_attacks_of_the_fixed_table": complete, "clean_accuracy": clean, "per_attack": rows,
         "auto_mean": auto_mean, "fixed_means_over_the_same_attacks": fixed_means,
-        "auto_on_clean": clean_auto, "auto_choice_on_clean": run.get("auto_choices", {}).get("none", {}).get("chosen"),
+        "auto_on_clean": clean_auto, "auto_choice_on_clean": choices.get("none", {}).get("chosen"),
         "shared_cells": shared,
         "targets": {
             "ratio_to_clean_ge_0.90_on_every_attack": bool(rows) and all(r["ratio_to_clean"] >= 0.9 for r in rows.values()),
@@ -56,7 +65,7 @@ def targets(run: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(t: dict[str, Any]) -> str:
-    lines = [f"`auto` against the fixed defences ({len(t['attacks'])} attacks"
+    lines = [f"`{t.get('column', AUTO)}` against the fixed defences ({len(t['attacks'])} attacks"
              + ("" if t["all_attacks_of_the_fixed_table"] else ", NOT all of the fixed table's") + ")",
              f"auto run: `{t['auto_run']}`; fixed defences: `{t['fixed_table']}` ({t['fixed_date']})", "",
              "| attack | auto chose | auto | best fixed | its accuracy | gap (points) | auto / clean |",
@@ -81,12 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("auto_result", type=Path, help="a defense.py result JSON with an 'auto' column")
     ap.add_argument("--fixed", type=Path, required=True, help="a defense.py result JSON with the fixed defences")
+    ap.add_argument("--column", choices=sorted(CHOICES), default=AUTO, help="the selected column to judge")
     args = ap.parse_args(argv)
     for path in (args.auto_result, args.fixed):
         if not path.is_file():
             raise SystemExit(f"{path}: no such result file")
-    t = targets(json.loads(args.auto_result.read_text()), json.loads(args.fixed.read_text()))
-    stem = args.auto_result.with_name(args.auto_result.stem + "-targets")
+    t = targets(json.loads(args.auto_result.read_text()), json.loads(args.fixed.read_text()), args.column)
+    suffix = "-targets" + ("" if args.column == AUTO else f"-{args.column}")
+    stem = args.auto_result.with_name(args.auto_result.stem + suffix)
     stem.with_suffix(".json").write_text(json.dumps(t, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(t))
     print(markdown(t), end="")

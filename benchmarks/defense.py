@@ -43,8 +43,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--adaptive", default="em-adaptive-compensation",
                         help="adaptive attacks (rows outside the means), comma list from " + ",".join(ADAPTIVE)
                         + "; '' for none")
-    parser.add_argument("--defenses", default=",".join(REGISTRY), help="comma list from " + ",".join(REGISTRY)
-                        + " (auto: chosen per cell on the sparse set, eclipse_loader.select)")
+    parser.add_argument("--defenses", default=",".join(d for d in REGISTRY if d != "auto-best"),
+                        help="comma list from " + ",".join(REGISTRY) + " (auto: chosen per cell on the sparse set, "
+                        "eclipse_loader.select; auto-best: the same with tie_break='best'), or candidate:NAME (one "
+                        "selection candidate, e.g. candidate:repair+purify400, purified with auto's denoiser)")
     parser.add_argument("--adaptive-defenses", default="none,compensation,eclipse-paper,eclipse",
                         help="defences the adaptive attacks are run against")
     parser.add_argument("--workdir", type=Path, default=None, help="cache dir (default bench-work/defense-<protocol>)")
@@ -81,7 +83,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     defenses = [d for d in args.defenses.split(",") if d]
     for name, known in (("attack", ATTACKS), ("adaptive attack", ADAPTIVE), ("defense", tuple(REGISTRY))):
         chosen = {"attack": attacks, "adaptive attack": adaptive, "defense": defenses}[name]
-        unknown = [c for c in chosen if c not in known]
+        unknown = [c for c in chosen if c not in known and not (name == "defense" and REGISTRY.knows(c))]
         if unknown:
             raise SystemExit(f"unknown {name}(s) {unknown}; choose from {list(known)}")
     started = time.perf_counter()
@@ -96,7 +98,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     for attack in ["none", *attacks, *adaptive]:
         for name in adaptive_defenses if attack in adaptive else defenses:
-            harness.run_cell(attack, REGISTRY[name])
+            harness.run_cell(attack, REGISTRY[name])  # REGISTRY builds candidate:NAME entries on demand
         path = write_outputs(summarise(harness, attacks, adaptive, defenses, args, started), args.out)
     log(f"wrote {path}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -17,14 +18,39 @@ from protocols import Protocol
 
 from eclipse_loader import poisons
 from eclipse_loader.data.images import LabelledImages
-from eclipse_loader.evaluation.defense_registry import (AUTO, AUTO_DESCRIPTION, CROP_FLIP, DEFENSES, Defense, PurifySettings,
-                                                apply_offline, batch_transform, offline_steps)
+from eclipse_loader.evaluation.defense_registry import (AUTO, AUTO_BEST, AUTO_BEST_DESCRIPTION, AUTO_DESCRIPTION,
+                                                        CANDIDATE_PREFIX, CROP_FLIP, DEFENSES, Defense, PurifySettings,
+                                                        apply_offline, batch_transform, offline_steps)
 from eclipse_loader.evaluation.victim import VICTIMS, VictimResult, train_classifier, train_victim
 from eclipse_loader.purify.purifier import PurifyConfig
 
 ATTACKS = ("ar", "lsp", "ops", "cuda", "classwise-noise", "em", "tap", "rem", "hypocritical")
-#: every defence a cell can name; ``auto`` is resolved per cell by `Harness.resolve_auto`
-REGISTRY = {**DEFENSES, AUTO: Defense(AUTO, (), CROP_FLIP, AUTO_DESCRIPTION)}
+AUTO_NAMES = (AUTO, AUTO_BEST)
+
+
+class _Registry(dict):
+    """Every defence a cell can name: the fixed ones; ``auto`` and ``auto-best``, resolved per cell by
+    `Harness.resolve_auto`; and ``candidate:NAME``, one selection candidate (purified with auto's denoiser)."""
+
+    def __missing__(self, name: str) -> Defense:
+        if isinstance(name, str) and name.startswith(CANDIDATE_PREFIX):
+            from eclipse_loader.evaluation.defense_registry import candidate_defense, named_candidate
+
+            candidate = named_candidate(name[len(CANDIDATE_PREFIX):])
+            return replace(candidate_defense(candidate, name=name),
+                           description=f"selection candidate {candidate.name} as a fixed defence (auto's denoiser)")
+        raise KeyError(name)
+
+    def knows(self, name: str) -> bool:
+        try:
+            self[name]
+        except KeyError:
+            return False
+        return True
+
+
+REGISTRY = _Registry({**DEFENSES, AUTO: Defense(AUTO, (), CROP_FLIP, AUTO_DESCRIPTION),
+                      AUTO_BEST: Defense(AUTO_BEST, (), CROP_FLIP, AUTO_BEST_DESCRIPTION)})
 ADAPTIVE = ("em-adaptive-compensation", "em-adaptive-denoiser")
 PURIFY_BATCH = 500
 
@@ -47,7 +73,10 @@ class Harness:
         self.timings_path = workdir / "timings.json"
         self.timings: dict[str, float] = json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
         self.auto_path = workdir / "auto" / "choices.json"
+        self.auto_best_path = workdir / "auto" / "choices-best.json"
         self.auto_choices: dict[str, Any] = json.loads(self.auto_path.read_text()) if self.auto_path.is_file() else {}
+        self.auto_best_choices: dict[str, Any] = (json.loads(self.auto_best_path.read_text())
+                                                  if self.auto_best_path.is_file() else {})
         self._auto_purify: Optional[Callable] = None
 
     # -- caches -------------------------------------------------------------------------------
@@ -229,7 +258,7 @@ class Harness:
     def offline_functions(self, attack: str, defense: Defense, after: tuple[str, ...]) -> dict[str, Callable]:
         """The offline steps of ``defense``'s cell on ``attack`` (purification through the cache; ``auto``
         purifies with its own denoiser, cached apart)."""
-        if defense.name == AUTO and self._auto_purify is not None:
+        if (defense.name in AUTO_NAMES or defense.name.startswith(CANDIDATE_PREFIX)) and self._auto_purify is not None:
             return offline_steps(purify=lambda d: self._purify_auto(attack, d, defense.purify.t_star, after))
         return offline_steps(purify=lambda d: self.purify(attack, d, defense.purify, after))
 
@@ -259,7 +288,16 @@ class Harness:
             self.record_timing("denoiser-auto_training_s", time.perf_counter() - start)
         return out, part
 
-    def resolve_auto(self, attack: str) -> tuple[Defense, Callable]:
+    def auto_purify(self) -> Callable:
+        """The purifier of ``auto``'s candidates (its own denoiser, up to the protocol's largest auto t*)."""
+        from eclipse_loader.select.candidates import DEFAULT_T_STARS
+        from eclipse_loader.select.offline import DenoiserPurify
+
+        out, _ = self.auto_denoiser(max(self.protocol.auto.get("t_stars", DEFAULT_T_STARS)) - 1)
+        return DenoiserPurify(out, steps=self.protocol.purify_steps, seed=self.seed, device=self.device,
+                              batch_size=self.purify_batch)
+
+    def resolve_auto(self, attack: str, name: str = AUTO) -> tuple[Defense, Callable]:
         """``auto`` for ``attack``: selection on its poisoned set with the sparse set as the trusted set (half
         trains the selection's own denoiser, half validates; the test set is never seen). Returns the chosen
         defence and the purifier it uses; the choice and its report are kept under ``workdir/auto/``."""
@@ -276,21 +314,24 @@ class Harness:
         purify = DenoiserPurify(out, steps=p.purify_steps, seed=self.seed, device=self.device,
                                 batch_size=self.purify_batch)
         start = time.perf_counter()
-        log(f"auto on {attack}: selecting")
+        log(f"{name} on {attack}: selecting")
+        best = name == AUTO_BEST  # same proxy runs (the cache in auto/ATTACK), another choice rule
         defense, selection = resolve_auto(self.poisoned(attack), self.sparse, purify, denoiser_images=part.images,
                                           out_dir=self.workdir / "auto" / attack, seed=self.seed,
                                           proxy=ProxySettings(**settings), budget_minutes=budget, t_stars=t_stars,
                                           steps=p.purify_steps, min_per_class=min_per_class,
-                                          log=lambda m: log(f"  [{attack}] {m}"))
-        write_report(selection, self.workdir / "auto" / attack)
-        self.auto_choices[attack] = {
+                                          log=lambda m: log(f"  [{attack}] {m}"),
+                                          tie_break="best" if best else "lighter", name=name)
+        write_report(selection, self.workdir / ("auto-best" if best else "auto") / attack)
+        choices, path = (self.auto_best_choices, self.auto_best_path) if best else (self.auto_choices, self.auto_path)
+        choices[attack] = {
             "chosen": selection.chosen.name, "offline": list(defense.offline), "reason": selection.reason,
             "selection_seconds": round(time.perf_counter() - start, 1), "proxy": selection.plan.proxy.to_dict(),
             "seed_noise": selection.seed_noise,
             "validation_accuracy": {r.name: r.accuracy for r in selection.results if r.accuracy is not None}}
-        self.auto_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.auto_path, self.auto_choices)
-        log(f"auto on {attack}: {selection.chosen.name} ({selection.reason})")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, choices)
+        log(f"{name} on {attack}: {selection.chosen.name} ({selection.reason})")
         return defense, purify
 
     # -- cells --------------------------------------------------------------------------------
@@ -298,8 +339,10 @@ class Harness:
         key = (attack, defense.name)
         if key in self.cells:
             return self.cells[key]
-        if defense.name == AUTO:
-            defense, self._auto_purify = self.resolve_auto(attack)
+        if defense.name in AUTO_NAMES:
+            defense, self._auto_purify = self.resolve_auto(attack, defense.name)
+        elif defense.name.startswith(CANDIDATE_PREFIX):
+            self._auto_purify = self.auto_purify() if defense.purifies else None
         data = self.poisoned(attack)
         start = time.perf_counter()
         after = defense.offline[:defense.offline.index("purify")] if defense.purifies else ()

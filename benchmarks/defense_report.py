@@ -13,7 +13,7 @@ import numpy as np
 from _common import grouped_bar_plot, log, machine_info
 from defense_harness import REGISTRY, Harness
 
-from eclipse_loader.evaluation.defense_registry import AUTO, Defense
+from eclipse_loader.evaluation.defense_registry import AUTO, AUTO_BEST, Defense
 
 
 def summarise(harness: Harness, attacks: list[str], adaptive: list[str], defenses: list[str], args: argparse.Namespace,
@@ -58,6 +58,8 @@ def summarise(harness: Harness, attacks: list[str], adaptive: list[str], defense
     }
     if AUTO in defenses:
         result["auto_choices"] = harness.auto_choices
+    if AUTO_BEST in defenses:
+        result["auto_best_choices"] = harness.auto_best_choices
     return result
 
 

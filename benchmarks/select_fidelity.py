@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import RESULTS, command_line, machine_info, write_json_atomic
+from _common import RESULTS, command_line, machine_info, spearman, write_json_atomic
 from defense import PROTOCOLS, load_splits
 
 from eclipse_loader import poisons
@@ -32,21 +32,6 @@ PAIRS = {"none": Candidate(), "jpeg10": Candidate(jpeg=10), "grayscale": Candida
          "jpeg10+grayscale": Candidate(grayscale=True, jpeg=10), "compensation": Candidate(compensation="paper")}
 MAKERS = {"ar": poisons.autoregressive, "lsp": poisons.lsp, "ops": poisons.one_pixel_shortcut,
           "cuda": poisons.convolution_based, "classwise-noise": poisons.classwise_noise}
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rho with average ranks for ties."""
-    def ranks(x: list[float]) -> np.ndarray:
-        x = np.asarray(x)
-        order = x.argsort()
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x))
-        for value in np.unique(x):
-            r[x == value] = r[x == value].mean()
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def main() -> int:

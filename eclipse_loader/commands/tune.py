@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..data.sources import SOURCE_SPEC_HELP
+from ..select.stats import TIE_BREAKS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,8 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Builds each candidate defence (no defence, outlier repair, JPEG q30/q10, grayscale, purification at "
             "several t* with and without repair, compensation levels, RSK+FF, combinations) on a class-balanced "
             "subset of SOURCE, trains a small proxy CNN on it and scores it on TRUSTED images the denoiser did not "
-            "train on. Chooses the best, ties to the lighter defence, 'none' unless something beats it beyond the "
-            "noise. Writes OUT_DIR/recipe.json (for purify --recipe FILE / EclipseDataModule(recipe=FILE)) and "
+            "train on. Chooses the best (ties to the lighter defence with --tie-break lighter), 'none' unless "
+            "something beats it beyond the noise. Writes OUT_DIR/recipe.json (for purify --recipe FILE / EclipseDataModule(recipe=FILE)) and "
             "selection.{json,md,png}. Resumable: rerun the same command and finished candidates are reused."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -38,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the images the denoiser trained on (kept out of validation); default: from denoiser.json")
     parser.add_argument("--min-per-class", type=int, default=10, help="fewest validation images per class accepted")
     parser.add_argument("--max-validation", type=int, default=2000, help="most validation images (class balanced)")
+    parser.add_argument("--tie-break", choices=TIE_BREAKS, default="lighter",
+                        help="lighter: a lighter candidate within the noise of the best wins; best: the best wins")
     parser.add_argument("--device", default="cpu", help="device of the purification (the proxy runs on CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -91,9 +94,10 @@ def run(args: argparse.Namespace) -> int:
             train, trusted, denoiser, args.out_dir, seed=args.seed, budget_minutes=args.budget_minutes, proxy=proxy,
             t_stars=t_stars, purify_steps=steps, denoiser_images=seen, device=args.device, progress=progress,
             log=print if bar is None else (lambda m: bar.write(m)), min_per_class=args.min_per_class,
-            max_validation=args.max_validation,
+            max_validation=args.max_validation, tie_break=args.tie_break,
             source={"source": args.source, "trusted": args.trusted, "denoiser": args.denoiser, "seed": args.seed,
-                    "budget_minutes": args.budget_minutes, "t_stars": list(t_stars)})
+                    "budget_minutes": args.budget_minutes, "t_stars": list(t_stars),
+                    "tie_break": args.tie_break})
     finally:
         if bar is not None:
             bar.close()

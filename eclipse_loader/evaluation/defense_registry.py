@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ..select.offline import PurifyFn
     from ..select.proxy import ProxySettings
     from ..select.run import Selection
+    from ..select.stats import TieBreak
 
 OfflineStep = Callable[[LabelledImages], LabelledImages]
 
@@ -103,6 +104,12 @@ JPEG_QUALITIES = (10, 30)
 AUTO = "auto"
 AUTO_DESCRIPTION = ("chosen per cell by measuring candidate defences with a proxy on the sparse set "
                     "(eclipse_loader.select; half the sparse set trains its denoiser, half validates)")
+#: ``auto`` with the choice rule's ``tie_break="best"`` (the best candidate wins, no tie to a lighter one); it
+#: reads the same proxy runs as ``auto``
+AUTO_BEST = "auto-best"
+AUTO_BEST_DESCRIPTION = AUTO_DESCRIPTION + "; the best candidate wins (tie_break='best')"
+#: ``candidate:NAME``: one selection candidate as a fixed defence, purifying with auto's denoiser
+CANDIDATE_PREFIX = "candidate:"
 
 
 def offline_steps(purify: Optional[OfflineStep] = None) -> dict[str, OfflineStep]:
@@ -162,11 +169,11 @@ def resolve_auto(train: LabelledImages, sparse: LabelledImages, purify_fn: Optio
                  denoiser_images: Optional[np.ndarray], out_dir: Union[str, os.PathLike, None] = None, seed: int = 0,
                  proxy: Optional[ProxySettings] = None, budget_minutes: Optional[float] = None,
                  t_stars: Optional[tuple[int, ...]] = None, steps: Optional[int] = None,
-                 min_per_class: Optional[int] = None, log: Optional[Callable[[str], None]] = None
-                 ) -> tuple[Defense, Selection]:
+                 min_per_class: Optional[int] = None, log: Optional[Callable[[str], None]] = None,
+                 tie_break: TieBreak = "lighter", name: str = AUTO) -> tuple[Defense, Selection]:
     """``auto`` in one harness cell: select on ``train`` (the cell's poisoned set) with the ``sparse`` set as the
     trusted set (never the test set), excluding ``denoiser_images`` from validation; returns the chosen defence
-    as a `Defense` named ``"auto"`` and the `Selection` (for the report)."""
+    as a `Defense` named ``name`` and the `Selection` (for the report); ``tie_break`` goes to the choice rule."""
     from ..select.candidates import DEFAULT_T_STARS, default_candidates
     from ..select.proxy import ProxySettings
     from ..select.run import select_defense
@@ -174,9 +181,19 @@ def resolve_auto(train: LabelledImages, sparse: LabelledImages, purify_fn: Optio
     candidates = default_candidates(t_stars or DEFAULT_T_STARS, purification=purify_fn is not None)
     selection = select_defense(train, sparse, purify_fn, out_dir, candidates=candidates, proxy=proxy or ProxySettings(),
                                seed=seed, budget_minutes=budget_minutes, denoiser_images=denoiser_images,
-                               try_trusted_mix=False, log=log,
+                               try_trusted_mix=False, log=log, tie_break=tie_break,
                                **({} if min_per_class is None else {"min_per_class": min_per_class}))
-    return candidate_defense(selection.chosen, steps), selection
+    return candidate_defense(selection.chosen, steps, name=name), selection
+
+
+def named_candidate(name: str, t_stars: Optional[tuple[int, ...]] = None) -> Candidate:
+    """The selection candidate called ``name`` (e.g. ``"repair+purify400"``) among the default candidates."""
+    from ..select.candidates import DEFAULT_T_STARS, default_candidates
+
+    by_name = {c.name: c for c in default_candidates(t_stars or DEFAULT_T_STARS)}
+    if name not in by_name:
+        raise KeyError(f"no selection candidate {name!r}; known: {', '.join(sorted(by_name))}")
+    return by_name[name]
 
 
 def batch_transform(defense: Defense, seed: int) -> Optional[Callable[..., object]]:

@@ -24,7 +24,7 @@ from .candidates import Candidate, default_candidates
 from .inputs import MAX_VALIDATION, MIN_PER_CLASS, check_inputs, split_trusted
 from .offline import PurifyFn, apply_offline, unservable_reason
 from .proxy import ProxySettings, correct_mask, train_proxy
-from .stats import choose, wilson_interval
+from .stats import TieBreak, choose, wilson_interval
 
 CACHE_NAME = "selection-cache.json"
 Progress = Callable[[int, int, str], None]
@@ -120,7 +120,7 @@ def select_defense(train: LabelledImages, trusted: LabelledImages, purify_fn: Op
                    proxy: ProxySettings = ProxySettings(), seed: int = 0, budget_minutes: Optional[float] = None,
                    denoiser_images: Optional[np.ndarray] = None, min_per_class: int = MIN_PER_CLASS,
                    max_validation: int = MAX_VALIDATION, min_gain: float = 0.0, tie_points: float = 0.01,
-                   try_trusted_mix: bool = True, noise_seeds: int = 2, progress: Optional[Progress] = None,
+                   tie_break: TieBreak = "lighter", try_trusted_mix: bool = True, noise_seeds: int = 2, progress: Optional[Progress] = None,
                    log: Optional[Callable[[str], None]] = None) -> Selection:
     """Choose a defence for ``train`` by measuring each candidate on held-out ``trusted`` images.
 
@@ -137,6 +137,9 @@ def select_defense(train: LabelledImages, trusted: LabelledImages, purify_fn: Op
         min_gain, tie_points: the choice rule's margins (`eclipse_loader.select.stats`); both are raised to
             the measured training noise: the largest accuracy gap between ``none`` trained with ``seed``
             and with each of ``noise_seeds`` other seeds.
+        tie_break: ``"lighter"``: a lighter candidate within the noise of the best wins; ``"best"``: the best
+            wins (`eclipse_loader.select.stats.choose`). The candidates' proxy runs do not depend on it, so
+            the cache serves both.
         try_trusted_mix: also score the chosen defence trained with trusted images mixed in.
         progress: called as ``progress(done, total, name)`` after each candidate.
     """
@@ -188,7 +191,8 @@ def select_defense(train: LabelledImages, trusted: LabelledImages, purify_fn: Op
     seed_noise = max([abs(a - base_accuracy) for a in noise_runs], default=0.0)  # type: ignore[operator]
     scored = [r for r in results if r.status == "done"]
     decision = choose([r.name for r in scored], [r.weight for r in scored], [r.correct for r in scored],
-                      min_gain=max(min_gain, seed_noise), tie_points=max(tie_points, seed_noise), seed=seed)
+                      min_gain=max(min_gain, seed_noise), tie_points=max(tie_points, seed_noise), tie_break=tie_break,
+                      seed=seed)
     chosen = next(c for c in candidates if c.name == decision.name)
     mix_result, recommended = None, False
     if try_trusted_mix and mixed is not None:

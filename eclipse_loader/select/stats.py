@@ -6,19 +6,22 @@ correctness vectors (seeded, so the choice is deterministic). The rule:
 
 1. a candidate *beats none* when the lower end of the 95% interval of (its accuracy - none's)
    exceeds ``min_gain``; if none does, the choice is ``none``;
-2. among those, the best accuracy wins, except that a lighter candidate whose accuracy is not
-   distinguishable from the best (the 95% interval of best - it includes 0, and the gap is at most
-   ``tie_points``) wins the tie: the lightest such candidate is chosen.
+2. among those, the best accuracy wins, except that with ``tie_break="lighter"`` (the default) a lighter
+   candidate whose accuracy is not distinguishable from the best (the 95% interval of best - it includes 0,
+   and the gap is at most ``tie_points``) wins the tie: the lightest such candidate is chosen.
+   ``tie_break="best"`` keeps the best.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
 Z95 = 1.959963984540054
+TieBreak = Literal["lighter", "best"]
+TIE_BREAKS: tuple[str, ...] = ("lighter", "best")
 
 
 def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, float]:
@@ -58,8 +61,10 @@ class Choice:
 
 
 def choose(names: Sequence[str], weights: Sequence[float], correct: Sequence[np.ndarray], *, baseline: str = "none",
-           min_gain: float = 0.0, tie_points: float = 0.01, seed: int = 0) -> Choice:
+           min_gain: float = 0.0, tie_points: float = 0.01, tie_break: TieBreak = "lighter", seed: int = 0) -> Choice:
     """Apply the rule above to candidates ``names`` with ``weights`` and per-image ``correct`` vectors."""
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
     if baseline not in names:
         raise ValueError(f"the baseline {baseline!r} must be among the candidates")
     vectors = {n: np.asarray(c, dtype=bool) for n, c in zip(names, correct)}
@@ -75,6 +80,9 @@ def choose(names: Sequence[str], weights: Sequence[float], correct: Sequence[np.
     if not winners:
         return Choice(baseline, f"no candidate beats {baseline!r} by more than the noise (95% paired interval)", ())
     best = max(winners, key=lambda n: (vectors[n].mean(), -weight[n]))
+    if tie_break == "best":
+        return Choice(best, f"best validation accuracy of the {len(winners)} candidates that beat {baseline!r}",
+                      tuple(winners))
     ties = []
     for name in winners:
         gap, low, _ = paired_difference_interval(vectors[best], vectors[name], seed=seed)

@@ -133,6 +133,12 @@ def test_paired_interval_and_choice_rule():
     assert choose(["none", "heavy", "light"], [0, 5, 2], [base, better, nearly], tie_points=0.001).name == "heavy"
     # a required gain above what `better` shows keeps "none"
     assert choose(["none", "a"], [0, 1], [base, better], min_gain=0.2).name == "none"
+    # tie_break="best": the best wins the same tie; "none" still needs a candidate beyond the noise
+    best = choose(["none", "heavy", "light"], [0, 5, 2], [base, better, nearly], tie_break="best")
+    assert best.name == "heavy" and "best validation accuracy" in best.reason
+    assert choose(["none", "a"], [0, 1], [base, same], tie_break="best").name == "none"
+    with pytest.raises(ValueError, match="tie_break"):
+        choose(["none", "a"], [0, 1], [base, better], tie_break="heaviest")
 
 
 def test_budget_plan_shrinks_images_then_epochs():

@@ -61,3 +61,41 @@ def test_a_missing_result_file_is_one_line(tmp_path):
     run = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope.json"), "--fixed", str(tmp_path / "x.json")],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and run.stderr.strip().endswith("nope.json: no such result file")
+
+
+def test_the_auto_best_column_is_judged_from_its_own_choices_and_not_counted_as_fixed(tmp_path):
+    auto = _auto(0.60, 0.45, 0.70)
+    for attack, value in (("none", 0.70), ("a", 0.66), ("b", 0.49)):
+        auto["table"][attack]["auto-best"] = value
+        auto["table"][attack]["candidate:jpeg30"] = 0.99  # a counterfactual column is never the best fixed one
+    auto["auto_best_choices"] = {"a": {"chosen": "purify400"}, "b": {"chosen": "jpeg10"}, "none": {"chosen": "none"}}
+    (tmp_path / "auto.json").write_text(json.dumps(auto))
+    (tmp_path / "fixed.json").write_text(json.dumps(_fixed()))
+    run = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "auto.json"), "--fixed", str(tmp_path / "fixed.json"),
+                          "--column", "auto-best"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    t = json.loads((tmp_path / "auto-targets-auto-best.json").read_text())
+    assert t["column"] == "auto-best" and t["per_attack"]["a"]["chosen"] == "purify400"
+    assert t["per_attack"]["a"]["best_fixed"] == "eclipse" and t["per_attack"]["a"]["gap_points"] == pytest.approx(-1.0)
+    assert t["per_attack"]["b"]["gap_points"] == pytest.approx(-1.0)
+    assert not (tmp_path / "auto-targets.json").exists()
+
+
+PROXY_RANKING = SCRIPT.with_name("proxy_ranking.py")
+
+
+@pytest.mark.parametrize("order, rho, regret", [(1, 1.0, 0.0), (-1, -1.0, 37.0)])
+def test_proxy_ranking_pairs_candidates_with_fixed_defences(tmp_path, order, rho, regret):
+    victim = {"none": 0.30, "jpeg10": 0.62, "grayscale": 0.50, "eclipse": 0.67}
+    proxy = {"none": 0.3, "jpeg10": 0.5, "grayscale": 0.4, "repair+purify400+comp-mid": 0.6, "comp-mild": 0.9}
+    proxy = {k: (v if order > 0 or k == "comp-mild" else 1 - v) for k, v in proxy.items()}
+    run = {"command": "auto run", "table": {"a": {"none": 0.30}}, "auto_choices": {"a": {"validation_accuracy": proxy}}}
+    fixed = {"command": "fixed", "table": {"a": victim}}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    (tmp_path / "fixed.json").write_text(json.dumps(fixed))
+    out = subprocess.run([sys.executable, str(PROXY_RANKING), str(tmp_path / "run.json"), "--fixed", str(tmp_path / "fixed.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "run-proxy-ranking.json").read_text())["per_attack"]["a"]
+    assert set(result["pairs"]) == {"none", "jpeg10", "grayscale", "repair+purify400+comp-mid"}  # comp-mild: no column
+    assert result["spearman"] == pytest.approx(rho) and result["regret_points"] == pytest.approx(regret)

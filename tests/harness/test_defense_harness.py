@@ -70,15 +70,25 @@ def test_unknown_attack_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_auto_column_resolves_per_cell_and_reports_its_choice(tmp_path):
-    run = _run(tmp_path, "--defenses", "none,auto", "--attacks", "ops")
+    run = _run(tmp_path, "--defenses", "none,auto,auto-best,candidate:repair+purify100", "--attacks", "ops")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     (result_path,) = (tmp_path / "out").glob("defense-smoke-*.json")
     result = json.loads(result_path.read_text())
-    assert set(result["table"]["ops"]) == {"none", "auto"} and set(result["auto_choices"]) == {"none", "ops"}
-    choice = result["auto_choices"]["ops"]
+    assert set(result["table"]["ops"]) == {"none", "auto", "auto-best", "candidate:repair+purify100"}
+    assert set(result["auto_choices"]) == {"none", "ops"} == set(result["auto_best_choices"])
+    choice, best = result["auto_choices"]["ops"], result["auto_best_choices"]["ops"]
     assert choice["chosen"] in choice["validation_accuracy"] and choice["proxy"]["images"] == 50
     assert (tmp_path / "work" / "auto" / "ops" / "selection-cache.json").is_file()
     assert "ops|auto" in result["cell_seconds"] and "proxy" in result["defenses"]["auto"]
+    # auto-best reads auto's proxy runs (no candidate trained twice) and keeps the best of them
+    assert best["validation_accuracy"] == choice["validation_accuracy"]
+    accuracy = best["validation_accuracy"]
+    assert (best["chosen"] == "none") == (choice["chosen"] == "none")  # the same candidates beat none
+    assert accuracy[best["chosen"]] >= accuracy[choice["chosen"]]
+    assert run.stdout.count(": cached") >= len(accuracy) and "auto-best on ops:" in run.stdout
+    assert "tie_break='best'" in result["defenses"]["auto-best"]
+    assert "repair+purify100" in result["defenses"]["candidate:repair+purify100"]
+    assert any(k.startswith("purify_ops--repair-outliers--auto-t100") for k in result["timings"])
 
 
 @pytest.mark.slow
