@@ -173,7 +173,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     attacks = [a for a in args.attacks.split(",") if a]
     protocol = PROTOCOLS[args.protocol]
-    workdir = args.workdir or Path("bench-work") / f"defense-{protocol.name}"
+    workdir = args.workdir or Path("bench-work") / f"defense-{protocol.work_name}"
     if args.denoiser is not None and not (workdir / "denoiser" / "denoiser.json").is_file():
         import shutil
 

@@ -87,7 +87,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if unknown:
             raise SystemExit(f"unknown {name}(s) {unknown}; choose from {list(known)}")
     started = time.perf_counter()
-    harness = Harness(protocol, args.workdir or Path("bench-work") / f"defense-{protocol.name}", args.device, args.seed,
+    harness = Harness(protocol, args.workdir or Path("bench-work") / f"defense-{protocol.work_name}", args.device, args.seed,
                       victim_seed=args.victim_seed, data=args.data)
     log(f"protocol {protocol.name}: {len(harness.train)} training, {len(harness.sparse)} sparse, "
         f"{len(harness.test)} test images; {len(harness.cells)} cells already done")

@@ -67,8 +67,9 @@ class Harness:
         self.victim_seed = seed if victim_seed is None else int(victim_seed)
         self.train, self.sparse, self.test = load_splits(protocol, seed, splits, data)
         workdir.mkdir(parents=True, exist_ok=True)
-        self.cells_path = workdir / ("cells.jsonl" if self.victim_seed == seed
-                                     else f"cells-victim-seed{self.victim_seed}.jsonl")
+        own = "" if protocol.cache_of is None else f"-{protocol.name}"  # a victim-only variant's own cells
+        self.cells_path = workdir / (f"cells{own}.jsonl" if self.victim_seed == seed
+                                     else f"cells{own}-victim-seed{self.victim_seed}.jsonl")
         self.cells = self._load_cells()
         self.timings_path = workdir / "timings.json"
         self.timings: dict[str, float] = json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}

@@ -231,7 +231,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if protocol.name == "gpu-full" and not args.device.startswith("cuda"):
         raise SystemExit("protocol gpu-full needs a CUDA device (--device cuda); rehearse on a CPU with gpu-full-dry")
     started = time.perf_counter()
-    h = GpuHarness(protocol, args.workdir or Path("bench-work") / f"defense-{protocol.name}", args.device, args.seed,
+    h = GpuHarness(protocol, args.workdir or Path("bench-work") / f"defense-{protocol.work_name}", args.device, args.seed,
                    splits=args.splits, data=args.data)
     log(f"protocol {protocol.name} on {args.device}: {len(h.train)} training, {len(h.sparse)} sparse, "
         f"{len(h.test)} test images; {len(h.cells)} cells already done")

@@ -40,6 +40,14 @@ class Protocol:
     hypocritical: dict[str, Any] = field(default_factory=dict)
     # the ``auto`` column's selection: `ProxySettings` fields, ``t_stars``, ``budget_minutes``
     auto: dict[str, Any] = field(default_factory=dict)
+    # a protocol that differs from ``cache_of`` only in its victim: it reuses that protocol's work dir (splits,
+    # poisons, denoisers, purified sets, auto's selections) and keeps its own cells file there
+    cache_of: Optional[str] = None
+
+    @property
+    def work_name(self) -> str:
+        """The protocol whose work directory holds this one's caches."""
+        return self.cache_of or self.name
 
 
 PROTOCOLS = {
@@ -52,6 +60,16 @@ PROTOCOLS = {
         rem=dict(adv_epsilon=4 / 255, adv_steps=3, eot_samples=2), hypocritical=dict(crafting_epochs=2, steps=20),
         # 1,000 proxy images x 30 epochs and t* in {100, 400} (18 candidates): ~10 min per cell on 2 cores
         auto=dict(images=1000, epochs=30, width=16, batch_size=128, t_stars=(100, 400))),
+    # cpu-quick's data, poisons, purification and auto settings with a victim that reaches ~80% on clean data
+    # (issue 18: the 6-epoch victim exaggerates what augmentations cost): quick_cnn at width 64, 30 epochs
+    "cpu-wide": Protocol(
+        name="cpu-wide", train_size=10_000, sparse_size=2_000, sparse_from="train", victim="wide_cnn",
+        training=TrainSettings(epochs=30, batch_size=128, lr=0.05), denoiser_preset="small", denoiser_steps=1_500,
+        denoiser_batch=32, denoiser_lr=1e-3, t_star=100, purify_steps=2,
+        em=dict(pgd_steps=10, step_size=1.6 / 255, train_steps=10, max_rounds=5, stop_accuracy=0.99),
+        tap=dict(steps=20), crafting_victim="quick_cnn",
+        rem=dict(adv_epsilon=4 / 255, adv_steps=3, eot_samples=2), hypocritical=dict(crafting_epochs=2, steps=20),
+        auto=dict(images=1000, epochs=30, width=16, batch_size=128, t_stars=(100, 400)), cache_of="cpu-quick"),
     "paper": Protocol(
         name="paper", train_size=None, sparse_size=2_000, sparse_from="test", victim="resnet18",
         training=paper_training(), denoiser_preset="paper", denoiser_steps=100_000, denoiser_batch=128,

@@ -45,6 +45,11 @@ def quick_cnn(num_classes: int = 10, width: int = 32) -> nn.Module:
     )
 
 
+def wide_cnn(num_classes: int = 10) -> nn.Module:
+    """`quick_cnn` at width 64 (about 1.2 M parameters): the ``cpu-wide`` protocol's victim."""
+    return quick_cnn(num_classes, width=64)
+
+
 def resnet18_cifar(num_classes: int = 10) -> nn.Module:
     """ResNet-18 (torchvision) with the usual CIFAR stem: 3x3 stride-1 first convolution, no max-pool."""
     from torchvision.models import resnet18
@@ -55,7 +60,8 @@ def resnet18_cifar(num_classes: int = 10) -> nn.Module:
     return model
 
 
-VICTIMS: dict[str, ModelFactory] = {"small_cnn": small_cnn, "quick_cnn": quick_cnn, "resnet18": resnet18_cifar}
+VICTIMS: dict[str, ModelFactory] = {"small_cnn": small_cnn, "quick_cnn": quick_cnn, "wide_cnn": wide_cnn,
+                                     "resnet18": resnet18_cifar}
 
 
 @dataclass(frozen=True)

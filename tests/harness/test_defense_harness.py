@@ -110,3 +110,29 @@ def test_rem_and_hypocritical_rows_are_crafted_in_budget_and_cached(tmp_path, mo
             delta = crafted["images"].astype(int) - clean.images.astype(int)
             assert np.array_equal(crafted["labels"], clean.labels)
         assert 0 < np.abs(delta).max() <= 8  # perturbed, within 8/255
+
+
+def test_a_victim_only_variant_reuses_the_work_dir_and_keeps_its_own_cells(tmp_path, monkeypatch):
+    import dataclasses
+
+    import numpy as np
+
+    from ..conftest import embedded_cifar
+
+    np.savez(tmp_path / "cifar-layout.npz", **embedded_cifar())
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from defense import PROTOCOLS, REGISTRY, Harness
+
+    assert PROTOCOLS["cpu-wide"].work_name == "cpu-quick" and PROTOCOLS["cpu-quick"].work_name == "cpu-quick"
+    assert PROTOCOLS["cpu-wide"].victim == "wide_cnn" and PROTOCOLS["cpu-wide"].crafting_victim == "quick_cnn"
+    base = PROTOCOLS["smoke"]
+    variant = dataclasses.replace(base, name="smoke-wide", victim="quick_cnn", cache_of="smoke")
+    work = tmp_path / "work"
+    first = Harness(base, work, "cpu", 0, data=tmp_path / "cifar-layout.npz")
+    first.run_cell("ops", REGISTRY["none"])
+    other = Harness(variant, work, "cpu", 0, data=tmp_path / "cifar-layout.npz")
+    assert other.cells_path.name == "cells-smoke-wide.jsonl" and other.cells == {}
+    other.run_cell("ops", REGISTRY["none"])  # the poison comes from the shared cache
+    assert len((work / "cells.jsonl").read_text().splitlines()) == 1
+    assert len(other.cells_path.read_text().splitlines()) == 1
+    assert sorted(p.name for p in (work / "poisons").iterdir()) == ["ops.npz"]
