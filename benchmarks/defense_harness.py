@@ -259,7 +259,8 @@ class Harness:
     def offline_functions(self, attack: str, defense: Defense, after: tuple[str, ...]) -> dict[str, Callable]:
         """The offline steps of ``defense``'s cell on ``attack`` (purification through the cache; ``auto``
         purifies with its own denoiser, cached apart)."""
-        if (defense.name in AUTO_NAMES or defense.name.startswith(CANDIDATE_PREFIX)) and self._auto_purify is not None:
+        selected = defense.name in AUTO_NAMES or defense.name.startswith(CANDIDATE_PREFIX)
+        if selected and self._auto_purify is not None:
             return offline_steps(purify=lambda d: self._purify_auto(attack, d, defense.purify.t_star, after))
         return offline_steps(purify=lambda d: self.purify(attack, d, defense.purify, after))
 
@@ -289,14 +290,16 @@ class Harness:
             self.record_timing("denoiser-auto_training_s", time.perf_counter() - start)
         return out, part
 
-    def auto_purify(self) -> Callable:
-        """The purifier of ``auto``'s candidates (its own denoiser, up to the protocol's largest auto t*)."""
+    def auto_purify(self) -> tuple[Callable, LabelledImages]:
+        """The purifier of ``auto``'s candidates (its own denoiser, up to the protocol's largest auto t*) and the
+        sparse images that denoiser trained on."""
         from eclipse_loader.select.candidates import DEFAULT_T_STARS
         from eclipse_loader.select.offline import DenoiserPurify
 
-        out, _ = self.auto_denoiser(max(self.protocol.auto.get("t_stars", DEFAULT_T_STARS)) - 1)
-        return DenoiserPurify(out, steps=self.protocol.purify_steps, seed=self.seed, device=self.device,
-                              batch_size=self.purify_batch)
+        out, part = self.auto_denoiser(max(self.protocol.auto.get("t_stars", DEFAULT_T_STARS)) - 1)
+        purify = DenoiserPurify(out, steps=self.protocol.purify_steps, seed=self.seed, device=self.device,
+                                batch_size=self.purify_batch)
+        return purify, part
 
     def resolve_auto(self, attack: str, name: str = AUTO) -> tuple[Defense, Callable]:
         """``auto`` for ``attack``: selection on its poisoned set with the sparse set as the trusted set (half
@@ -304,16 +307,13 @@ class Harness:
         defence and the purifier it uses; the choice and its report are kept under ``workdir/auto/``."""
         from eclipse_loader.evaluation.defense_registry import resolve_auto
         from eclipse_loader.select.candidates import DEFAULT_T_STARS
-        from eclipse_loader.select.offline import DenoiserPurify
         from eclipse_loader.select.proxy import ProxySettings
         from eclipse_loader.select.report import write_report
 
         settings, p = dict(self.protocol.auto), self.protocol
         t_stars = tuple(settings.pop("t_stars", DEFAULT_T_STARS))
         budget, min_per_class = settings.pop("budget_minutes", None), settings.pop("min_per_class", None)
-        out, part = self.auto_denoiser(max(t_stars) - 1)
-        purify = DenoiserPurify(out, steps=p.purify_steps, seed=self.seed, device=self.device,
-                                batch_size=self.purify_batch)
+        purify, part = self.auto_purify()
         start = time.perf_counter()
         log(f"{name} on {attack}: selecting")
         best = name == AUTO_BEST  # same proxy runs (the cache in auto/ATTACK), another choice rule
@@ -343,7 +343,7 @@ class Harness:
         if defense.name in AUTO_NAMES:
             defense, self._auto_purify = self.resolve_auto(attack, defense.name)
         elif defense.name.startswith(CANDIDATE_PREFIX):
-            self._auto_purify = self.auto_purify() if defense.purifies else None
+            self._auto_purify = self.auto_purify()[0] if defense.purifies else None
         data = self.poisoned(attack)
         start = time.perf_counter()
         after = defense.offline[:defense.offline.index("purify")] if defense.purifies else ()

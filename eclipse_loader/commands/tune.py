@@ -16,8 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "several t* with and without repair, compensation levels, RSK+FF, combinations) on a class-balanced "
             "subset of SOURCE, trains a small proxy CNN on it and scores it on TRUSTED images the denoiser did not "
             "train on. Chooses the best (ties to the lighter defence with --tie-break lighter), 'none' unless "
-            "something beats it beyond the noise. Writes OUT_DIR/recipe.json (for purify --recipe FILE / EclipseDataModule(recipe=FILE)) and "
-            "selection.{json,md,png}. Resumable: rerun the same command and finished candidates are reused."
+            "something beats it beyond the noise. Writes OUT_DIR/recipe.json (for purify --recipe FILE / "
+            "EclipseDataModule(recipe=FILE)) and selection.{json,md,png}. Resumable: rerun the same command and finished candidates are reused."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

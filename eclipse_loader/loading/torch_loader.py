@@ -142,7 +142,8 @@ class TorchEpochLoader:
         epoch = self.next_epoch
         self.next_epoch += 1
         order = epoch_order(len(self.labels), self.seed, epoch, self.shuffle, self.rank, self.world_size)
-        make = _BatchMaker(self.images, self.labels, self.augment, self.seed, epoch, self.normalization, self.batch_transform)
+        make = _BatchMaker(self.images, self.labels, self.augment, self.seed, epoch, self.normalization,
+                           self.batch_transform)
         if self.num_workers == 0:
             order_t = torch.from_numpy(order).to(self.device)
             stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
