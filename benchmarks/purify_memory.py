@@ -1,9 +1,10 @@
 """Peak memory of `eclipse-loader purify` against the dataset size (issue 16, item 4).
 
-    python benchmarks/purify_memory.py --sizes 10000,50000,200000 [--steps 1]
+    python benchmarks/purify_memory.py --sizes 10000,50000,200000 [--steps 1] [--source npz|folder]
 
 For each size, a CIFAR-shaped source is made by tiling the embedded sample into an uncompressed
-``.npz`` (memory-mapped by the reader), a tiny-preset denoiser is saved, and the purify command runs
+``.npz`` (memory-mapped by the reader) or, with ``--source folder``, into an image folder of PNGs (decoded
+into an unnamed temporary file by the reader), a tiny-preset denoiser is saved, and the purify command runs
 in a subprocess whose process tree (the command and FFCV's writer processes) is sampled every
 0.1 s from /proc/PID/smaps_rollup: the peak of the summed PSS, and of its anonymous part (Pss_Anon:
 memory the job itself holds, as opposed to file pages of the mapped source and output, which the
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,15 +49,35 @@ def _tree_memory(pid: int) -> tuple[int, int]:
     return rss, anon
 
 
-def run_size(n: int, steps: int, work: Path, denoiser: Path) -> dict:
+def _write_source(n: int, kind: str, work: Path) -> tuple[str, Path]:
+    """The purify source string and the path to delete afterwards: ``n`` tiled embedded-sample images."""
     from eclipse_loader.data.embedded import load_embedded
 
     sample = load_embedded("train")
     reps = -(-n // len(sample))
-    source = work / f"source-{n}.npz"
-    np.savez(source, images=np.tile(sample.images, (reps, 1, 1, 1))[:n], labels=np.tile(sample.labels, reps)[:n])
+    images, labels = np.tile(sample.images, (reps, 1, 1, 1))[:n], np.tile(sample.labels, reps)[:n]
+    if kind == "npz":
+        source = work / f"source-{n}.npz"
+        np.savez(source, images=images, labels=labels)
+        return f"npz:{source}", source
+    import PIL.Image
+
+    root = work / f"folder-{n}"
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (root / f"class_{label}").mkdir(parents=True, exist_ok=True)
+        PIL.Image.fromarray(image).save(root / f"class_{label}" / f"{i:07d}.png", compress_level=1)
+    return f"imagefolder:{root}", root
+
+
+def _size_mib(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return round(sum(p.stat().st_size for p in files) / 2**20, 1)
+
+
+def run_size(n: int, steps: int, work: Path, denoiser: Path, kind: str = "npz") -> dict:
+    spec, source = _write_source(n, kind, work)
     out = work / f"purified-{n}.beton"
-    command = [sys.executable, "-m", "eclipse_loader.cli", "purify", f"npz:{source}", str(denoiser), str(out),
+    command = [sys.executable, "-m", "eclipse_loader.cli", "purify", spec, str(denoiser), str(out),
                "--steps", str(steps), "--no-progress", "--batch-size", "256"]
     start = time.perf_counter()
     proc = subprocess.Popen(command)
@@ -67,10 +89,10 @@ def run_size(n: int, steps: int, work: Path, denoiser: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"purify failed on {n} images (exit {proc.returncode})")
     seconds = time.perf_counter() - start
-    result = {"images": n, "source_mib": round(source.stat().st_size / 2**20, 1), "seconds": round(seconds, 1),
+    result = {"images": n, "source": kind, "source_mib": _size_mib(source), "seconds": round(seconds, 1),
               "peak_pss_mib": round(peak_rss / 2**20, 1), "peak_pss_anon_mib": round(peak_anon / 2**20, 1),
               "output_pixels_mib": round(n * 32 * 32 * 3 / 2**20, 1)}
-    source.unlink()
+    shutil.rmtree(source) if source.is_dir() else source.unlink()
     out.unlink()
     Path(str(out) + ".json").unlink()
     return result
@@ -80,19 +102,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,50000,200000")
     parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--out", default=str(RESULTS / f"purify-memory-{datetime.date.today()}.json"))
+    parser.add_argument("--source", choices=("npz", "folder"), default="npz")
+    parser.add_argument("--out", default=None, help="default results/purify-memory[-folder]-<date>.json")
     args = parser.parse_args()
+    suffix = "" if args.source == "npz" else f"-{args.source}"
+    args.out = args.out or str(RESULTS / f"purify-memory{suffix}-{datetime.date.today()}.json")
     import torch
 
     from eclipse_loader.denoiser import build_scheduler, build_unet, save_denoiser
 
-    report = {"command": "python benchmarks/purify_memory.py " + f"--sizes {args.sizes} --steps {args.steps}",
+    report = {"command": "python benchmarks/purify_memory.py " + f"--sizes {args.sizes} --steps {args.steps} --source {args.source}",
               "machine": "2-core CPU, no GPU", "preset": "tiny", "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         denoiser = save_denoiser(build_unet("tiny"), build_scheduler(), Path(tmp) / "den")
         for n in (int(v) for v in args.sizes.split(",")):
-            report["runs"].append(run_size(n, args.steps, Path(tmp), denoiser))
+            report["runs"].append(run_size(n, args.steps, Path(tmp), denoiser, args.source))
             print(json.dumps(report["runs"][-1]), flush=True)
             Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

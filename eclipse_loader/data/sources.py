@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
+from .disk_array import disk_backed_array
 from .images import GrayscalePolicy, InvalidInputError, LabelledImages, as_labelled_images, grayscale_policy_image
 from .npz_mmap import mmap_npz_member
 
@@ -113,8 +114,9 @@ def from_torchvision(
     dataset yielding ``(PIL image | HWC array | CHW tensor, int)``) into `LabelledImages`.
 
     CIFAR and SVHN are read from their in-memory arrays (no per-sample decoding). ImageFolder-style
-    datasets decode every file; a file that cannot be decoded raises `InvalidInputError` naming its
-    index and path. Images of different sizes are refused unless ``resize=(H, W)`` is given.
+    datasets decode every file into an array mapped from an unnamed temporary file under ``$TMPDIR``
+    (`disk_array`), so a large folder costs page cache, not process memory; a file that cannot be decoded
+    raises `InvalidInputError` naming its index and path. Images of different sizes are refused unless ``resize=(H, W)`` is given.
     """
     if num_classes is None and hasattr(dataset, "classes"):
         num_classes = len(dataset.classes)
@@ -128,7 +130,8 @@ def from_torchvision(
 def _decode_each(dataset: Any, grayscale: GrayscalePolicy, resize: Optional[tuple[int, int]], num_classes: Optional[int]) -> LabelledImages:
     paths = [p for p, _ in dataset.samples] if hasattr(dataset, "samples") else None
     loader = getattr(dataset, "loader", None)
-    images, labels = [], []
+    images: Optional[np.ndarray] = None  # filled in place; allocated once sample 0 gives the size
+    labels = np.empty(len(dataset), dtype=np.int64)
     for index in range(len(dataset)):
         where = f"sample {index}" + (f" ({paths[index]})" if paths else "")
         try:
@@ -139,16 +142,18 @@ def _decode_each(dataset: Any, grayscale: GrayscalePolicy, resize: Optional[tupl
         except Exception as error:  # a corrupt or unreadable file: name it, stop before writing anything
             raise InvalidInputError(f"cannot read {where}: {type(error).__name__}: {error}") from error
         image = _to_hwc_uint8(raw, where, grayscale, resize)
-        if images and image.shape != images[0].shape:
+        if images is None:
+            images = disk_backed_array((len(dataset),) + image.shape)
+        elif image.shape != images.shape[1:]:
             raise InvalidInputError(
-                f"{where} has size {image.shape[:2]} but sample 0 has {images[0].shape[:2]}: "
+                f"{where} has size {image.shape[:2]} but sample 0 has {images.shape[1:3]}: "
                 "a raw beton needs equal sizes; pass resize=(H, W)"
             )
-        images.append(image)
-        labels.append(int(label))
-    if not images:
+        images[index] = image
+        labels[index] = int(label)
+    if images is None:
         raise InvalidInputError("the dataset is empty")
-    return as_labelled_images(np.stack(images), np.asarray(labels), num_classes, grayscale)
+    return as_labelled_images(images, labels, num_classes, grayscale)
 
 
 def _open_image(path: str) -> Any:

@@ -85,6 +85,31 @@ def test_image_folder_round_trip(tmp_path, cifar):
     assert {img.tobytes() for img in data.images} == originals
 
 
+def test_image_folder_pixels_live_in_an_unnamed_temporary_file(tmp_path, cifar, monkeypatch):
+    """A decoded folder is mapped from a file, not held in the process's memory, and leaves no file behind."""
+    import tempfile
+
+    from torchvision.datasets import ImageFolder
+
+    root = _image_folder(tmp_path, cifar)
+    spill = tmp_path / "tmpdir"
+    spill.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spill))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read $TMPDIR
+    data = from_torchvision(ImageFolder(root))
+    assert isinstance(data.images.base, np.memmap) or isinstance(data.images, np.memmap)
+    assert list(spill.iterdir()) == []
+    in_memory = np.stack([_rgb_pixels(path) for path, _ in ImageFolder(root).samples])
+    np.testing.assert_array_equal(np.asarray(data.images), in_memory)
+
+
+def _rgb_pixels(path) -> np.ndarray:
+    import PIL.Image
+
+    with PIL.Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
 @requires_ffcv
 def test_corrupt_image_in_folder_is_named_and_nothing_is_written(tmp_path, cifar, capsys):
     root = _image_folder(tmp_path, cifar)
