@@ -47,6 +47,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="comma list from " + ",".join(REGISTRY) + " (auto: chosen per cell on the sparse set, "
                         "eclipse_loader.select; auto-best: the same with tie_break='best'), or candidate:NAME (one "
                         "selection candidate, e.g. candidate:repair+purify400, purified with auto's denoiser)")
+    parser.add_argument("--clean-defenses", default=None,
+                        help="defences run on the clean row (default: all of --defenses); e.g. 'none' when only the "
+                             "ratio to clean is wanted and the other clean cells are measured already")
     parser.add_argument("--adaptive-defenses", default="none,compensation,eclipse-paper,eclipse",
                         help="defences the adaptive attacks are run against")
     parser.add_argument("--workdir", type=Path, default=None, help="cache dir (default bench-work/defense-<protocol>)")
@@ -81,6 +84,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     attacks = [a for a in args.attacks.split(",") if a]
     adaptive = [a for a in args.adaptive.split(",") if a]
     defenses = [d for d in args.defenses.split(",") if d]
+    clean_defenses = defenses if args.clean_defenses is None else [d for d in args.clean_defenses.split(",") if d]
+    if not set(clean_defenses) <= set(defenses):
+        raise SystemExit(f"--clean-defenses {sorted(set(clean_defenses) - set(defenses))} are not in --defenses")
     for name, known in (("attack", ATTACKS), ("adaptive attack", ADAPTIVE), ("defense", tuple(REGISTRY))):
         chosen = {"attack": attacks, "adaptive attack": adaptive, "defense": defenses}[name]
         unknown = [c for c in chosen if c not in known and not (name == "defense" and REGISTRY.knows(c))]
@@ -97,7 +103,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         log(f"wrote {path} from {len(harness.cells)} finished cells")
         return 0
     for attack in ["none", *attacks, *adaptive]:
-        for name in adaptive_defenses if attack in adaptive else defenses:
+        for name in adaptive_defenses if attack in adaptive else clean_defenses if attack == "none" else defenses:
             harness.run_cell(attack, REGISTRY[name])  # REGISTRY builds candidate:NAME entries on demand
         path = write_outputs(summarise(harness, attacks, adaptive, defenses, args, started), args.out)
     log(f"wrote {path}")

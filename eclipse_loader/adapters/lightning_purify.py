@@ -2,10 +2,11 @@
 
 This is the Lightning adapter around the framework-free `Purifier` and `shards` modules:
 
-* `ShardBlocks` (DataModule): in ``setup`` global rank 0 lists the index blocks whose shard file is
-  missing and broadcasts the list, so every rank agrees on the work even when a restart runs with
-  another world size. Lightning's ``UnrepeatedDistributedSampler`` (injected in predict mode) deals the
-  blocks out without padding duplicates.
+* `ShardBlocks` (DataModule): in ``setup`` global rank 0 alone plans the job (hashes the source and the
+  denoiser for the cache key, writes the job manifest, lists the index blocks whose shard file is missing)
+  and broadcasts the plan, so every rank agrees on the work even when a restart runs with another world
+  size, and the other ranks read only the blocks they purify. Lightning's ``UnrepeatedDistributedSampler``
+  (injected in predict mode) deals the blocks out without padding duplicates.
 * `PurificationModule` (LightningModule): ``predict_step`` purifies one block in U-Net batches.
 * `ShardWriter` (``BasePredictionWriter``): each rank writes the shards of its own blocks, then waits
   for the others at a barrier.
@@ -21,7 +22,8 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import lightning.pytorch as pl
 import numpy as np
@@ -67,19 +69,43 @@ def _single(items: list[dict[str, Any]]) -> dict[str, Any]:
     return items[0]
 
 
+@dataclass(frozen=True)
+class JobPlan:
+    """What global rank 0 decides before any purification and broadcasts to every rank.
+
+    Attributes:
+        key: the job's cache key (`cache_key`).
+        denoiser_sha: `denoiser_hash` of the denoiser directory.
+        blocks: the ``(start, stop)`` index blocks still to purify.
+        up_to_date: the output already holds ``key``: nothing is purified or written.
+    """
+
+    key: str
+    denoiser_sha: str
+    blocks: tuple[tuple[int, int], ...]
+    up_to_date: bool = False
+
+
+@dataclass(frozen=True)
+class _PlanFailed:
+    """Rank 0's planning error, broadcast so that every rank raises instead of waiting at a collective."""
+
+    error: BaseException
+
+
 class ShardBlocks(pl.LightningDataModule):
-    """The blocks still to purify, agreed on by all ranks (rank 0 scans the shard directory, then broadcasts).
+    """The blocks still to purify, planned by global rank 0 alone (`JobPlan`) and broadcast to all ranks.
 
     Args:
-        images: the whole dataset's uint8 NHWC pixels.
-        work: the shard directory (its job manifest must exist).
-        shard_size: images per block.
+        images: the whole dataset's uint8 NHWC pixels (a memory map is read only where a rank's blocks lie).
+        plan: called on global rank 0 only, in ``setup``; its result (or its exception) reaches every rank.
         num_workers: DataLoader workers per rank.
     """
 
-    def __init__(self, images: np.ndarray, work: PathLike, shard_size: int, num_workers: int = 0) -> None:
+    def __init__(self, images: np.ndarray, plan: Callable[[], JobPlan], num_workers: int = 0) -> None:
         super().__init__()
-        self.images, self.work, self.shard_size, self.num_workers = images, Path(work), shard_size, num_workers
+        self.images, self._plan, self.num_workers = images, plan, num_workers
+        self.plan: Optional[JobPlan] = None
         self.blocks: list[tuple[int, int]] = []
 
     def setup(self, stage: str) -> None:
@@ -87,15 +113,19 @@ class ShardBlocks(pl.LightningDataModule):
             raise ValueError(f"ShardBlocks only serves predict, got stage {stage!r}")
         trainer = self.trainer
         assert trainer is not None, "ShardBlocks must be used through Trainer.predict"
-        todo = None
+        plan: Union[JobPlan, _PlanFailed, None] = None
         if trainer.global_rank == 0:
-            todo = pending_blocks(self.work, len(self.images), self.shard_size, tuple(self.images.shape[1:]))
-            done = len(self.images) - sum(b - a for a, b in todo)
-            if done:
-                _log.info("resuming: %d of %d images already in shards under %s", done, len(self.images), self.work)
-        todo = trainer.strategy.broadcast(todo, src=0)
+            try:
+                plan = self._plan()
+            except Exception as error:  # noqa: BLE001 - re-raised on every rank below
+                plan = _PlanFailed(error)
+        plan = trainer.strategy.broadcast(plan, src=0)
+        if isinstance(plan, _PlanFailed):
+            raise plan.error
+        assert isinstance(plan, JobPlan), f"rank 0 broadcast {plan!r}, not a JobPlan"
+        self.plan = plan
         # every rank needs at least one item (UnrepeatedDistributedSampler asserts it): pad with empty blocks
-        self.blocks = list(todo) + [(0, 0)] * max(0, trainer.world_size - len(todo))
+        self.blocks = list(plan.blocks) + [(0, 0)] * max(0, trainer.world_size - len(plan.blocks))
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return batch  # uint8 numpy stays on the host; the Purifier moves the float tensors itself
@@ -177,7 +207,10 @@ def purify_distributed(
     this with the same arguments. Ranks write shards of fixed index blocks into ``work_dir``; a rerun
     with the same inputs, at any world size, computes only the missing blocks. Global rank 0 then
     writes ``out_beton`` (byte-identical to `purify_dataset`'s at equal batch size) and deletes the shards unless
-    ``keep_work``. If ``out_beton`` already holds this job's cache key, nothing is done.
+    ``keep_work``. Only global rank 0 hashes the source and the denoiser (inside the Trainer, then it
+    broadcasts a `JobPlan`): the other ranks read only the blocks they purify, so a memory-mapped source
+    costs each rank its share. If ``out_beton`` already holds this job's cache key, no block is purified
+    and nothing is written (the Trainer still starts, so that every rank learns it).
 
     Args:
         data, denoiser_dir, out_beton, config, batch_size, progress, also_npz, keep_work: as in `purify_dataset`.
@@ -205,27 +238,46 @@ def purify_distributed(
     if len(data) == 0:
         raise ValueError("nothing to purify: the dataset is empty")
     out_beton = check_outputs(out_beton, data, also_npz) if mode != "shards_only" else Path(out_beton)
-    denoiser_sha = denoiser_hash(denoiser_dir)
-    key = cache_key(data, config, denoiser_dir, denoiser_sha)
-    if is_up_to_date(out_beton, key, also_npz):
-        return out_beton
     work = Path(work_dir) if work_dir is not None else out_beton.with_name(out_beton.name + ".shards")
-    if mode == "assemble_only":  # the schedule alone fills the manifest: no U-Net is loaded
+    if mode == "assemble_only":  # one process; the schedule alone fills the manifest: no U-Net is loaded
+        denoiser_sha = denoiser_hash(denoiser_dir)
+        key = cache_key(data, config, denoiser_dir, denoiser_sha)
+        if is_up_to_date(out_beton, key, also_npz):
+            return out_beton
         scheduler = DDPMScheduler.from_pretrained(Path(denoiser_dir) / "scheduler")
         metadata = purification_metadata(config, *resolve_schedule(config, scheduler.alphas_cumprod),
                                          denoiser_dir, denoiser_sha, key)
         return _assemble(work, data, out_beton, key, metadata, progress, also_npz, keep_work, work_dir is None)
     outputs = (out_beton,) + (() if also_npz is None else (Path(also_npz),))
-    shards = prepare_job(work, key, len(data), int(shard_size or batch_size), outputs)
+
+    def plan() -> JobPlan:  # global rank 0 only: the other ranks never hash the whole source
+        denoiser_sha = denoiser_hash(denoiser_dir)
+        key = cache_key(data, config, denoiser_dir, denoiser_sha)
+        if is_up_to_date(out_beton, key, also_npz):
+            return JobPlan(key, denoiser_sha, (), up_to_date=True)
+        shards = prepare_job(work, key, len(data), int(shard_size or batch_size), outputs)
+        todo = pending_blocks(work, len(data), shards, tuple(data.image_shape))
+        done = len(data) - sum(b - a for a, b in todo)
+        if done:
+            _log.info("resuming: %d of %d images already in shards under %s", done, len(data), work)
+        return JobPlan(key, denoiser_sha, tuple(todo))
+
     module = PurificationModule(denoiser_dir, config, batch_size)
+    blocks = ShardBlocks(data.images, plan, num_workers)
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                          callbacks=[ShardWriter(work)], logger=False, enable_checkpointing=False,
                          enable_model_summary=False, enable_progress_bar=progress)
-    trainer.predict(module, datamodule=ShardBlocks(data.images, work, shards, num_workers), return_predictions=False)
-    if trainer.global_rank != 0 or mode == "shards_only":
+    trainer.predict(module, datamodule=blocks, return_predictions=False)
+    job = blocks.plan
+    assert job is not None, "ShardBlocks.setup ran"
+    if trainer.global_rank != 0:
         return None
-    metadata = purification_metadata(config, module.t_star, module.timesteps, denoiser_dir, denoiser_sha, key)
-    return _assemble(work, data, out_beton, key, metadata, progress, also_npz, keep_work, work_dir is None)
+    if job.up_to_date:
+        return out_beton
+    if mode == "shards_only":
+        return None
+    metadata = purification_metadata(config, module.t_star, module.timesteps, denoiser_dir, job.denoiser_sha, job.key)
+    return _assemble(work, data, out_beton, job.key, metadata, progress, also_npz, keep_work, work_dir is None)
 
 
 def _assemble(work: Path, data: LabelledImages, out_beton: Path, key: str, metadata: dict[str, Any], progress: bool,

@@ -42,6 +42,13 @@ def recording(self, images, indices):
         f.write(f"{os.getpid()} " + " ".join(str(int(i)) for i in indices) + "\\n")
     return original(self, images, indices)
 purifier.Purifier.purify = recording
+from eclipse_loader.data.images import LabelledImages
+fingerprint = LabelledImages.fingerprint
+def recording_fingerprint(self):  # who reads the whole source to hash it
+    with open(record + ".hashed", "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return fingerprint(self)
+LabelledImages.fingerprint = recording_fingerprint
 if sys.argv[2] == "single":
     from eclipse_loader.storage.sources import load_source
     from eclipse_loader.purify.run import purify_dataset
@@ -113,6 +120,8 @@ def test_distributed_two_gloo_ranks_match_single_process_byte_for_byte(job):
     assert Path(f"{tmp}/single.beton.json").read_text() == Path(f"{tmp}/ddp.beton.json").read_text()
     ranks = _records(tmp / "ddp.txt")
     assert len(ranks) == 2, "two processes purified"
+    hashed = (tmp / "ddp.txt.hashed").read_text().split()
+    assert len(hashed) == 1 and int(hashed[0]) in ranks, "only global rank 0 read the whole source to hash it"
     a, b = (set(v) for v in ranks.values())
     assert not a & b and a | b == set(range(N)) and sum(map(len, ranks.values())) == N
     assert sorted(p.name for p in (tmp / "shards").glob("shard_*.npz")) == [
@@ -185,3 +194,61 @@ def test_distributed_cli_rejects_single_process_device_flag(tmp_path, cifar, cap
     code = main(["purify", f"npz:{tmp_path / 'in.npz'}", str(tmp_path / "den"), str(tmp_path / "o.beton"),
                  "--devices", "2", "--device", "cpu"])
     assert code == 2 and "--device selects the single-process path" in capsys.readouterr().err
+
+
+class _FakeTrainer:
+    """A trainer at ``global_rank`` whose broadcast hands out what rank 0 sends (``rank_zero_sends``
+    on the other ranks, this rank's own object on rank 0); ``sent`` records what went in."""
+
+    def __init__(self, global_rank, world_size, rank_zero_sends=None):
+        self.global_rank, self.world_size, self.sent = global_rank, world_size, []
+        self.strategy, self._from_rank_zero = self, rank_zero_sends
+
+    def broadcast(self, obj, src=0):
+        self.sent.append(obj)
+        return obj if self.global_rank == 0 else self._from_rank_zero
+
+
+def _shard_blocks(trainer, plan):
+    from eclipse_loader.adapters.lightning_purify import ShardBlocks
+
+    blocks = ShardBlocks(np.zeros((N, 4, 4, 3), np.uint8), plan)
+    blocks.trainer = trainer
+    return blocks
+
+
+def test_distributed_plan_runs_on_rank_zero_only_and_reaches_every_rank():
+    from eclipse_loader.adapters.lightning_purify import JobPlan
+
+    calls = []
+    plan = JobPlan("k" * 64, "d" * 64, ((8, 16),))
+
+    def planner():
+        calls.append(1)
+        return plan
+
+    zero = _shard_blocks(_FakeTrainer(0, 3), planner)
+    zero.setup("predict")
+    assert calls == [1] and zero.plan == plan and zero.blocks == [(8, 16), (0, 0), (0, 0)]
+
+    def must_not_run():
+        raise AssertionError("a rank other than 0 planned (hashed the whole source)")
+
+    one = _shard_blocks(_FakeTrainer(1, 3, rank_zero_sends=plan), must_not_run)
+    one.setup("predict")
+    assert one.plan == plan and one.blocks == zero.blocks
+
+
+def test_distributed_planning_error_on_rank_zero_is_raised_on_every_rank(tmp_path):
+    from eclipse_loader.adapters.lightning_purify import _PlanFailed
+
+    def planner():  # e.g. the work dir holds another job's shards
+        raise WorkDirMismatchError(f"{tmp_path} holds shards of another job")
+
+    zero = _shard_blocks(_FakeTrainer(0, 2), planner)
+    with pytest.raises(WorkDirMismatchError, match="holds shards of another job"):
+        zero.setup("predict")
+    assert len(zero.trainer.sent) == 1 and isinstance(zero.trainer.sent[0], _PlanFailed), "rank 0 sent its error"
+    one = _shard_blocks(_FakeTrainer(1, 2, rank_zero_sends=zero.trainer.sent[0]), planner)
+    with pytest.raises(WorkDirMismatchError, match="holds shards of another job"):
+        one.setup("predict")
