@@ -17,12 +17,26 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _version(package: str) -> Optional[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor()
+    cpu, cpu_id = platform.processor(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name":
+                cpu = value
+            elif key in ("cpu family", "model", "stepping", "microcode") and key not in cpu_id:
+                cpu_id[key] = value
+            elif key == "flags":  # which vector kernels oneDNN/MKL can pick (they change float results)
+                cpu_id["avx512"] = any(flag.startswith("avx512") for flag in value.split())
                 break
     except OSError:
         pass
@@ -32,10 +46,13 @@ def machine_info() -> dict[str, Any]:
         commit = ""
     return {
         "cpu": cpu,
+        "cpu_id": cpu_id,
         "cores": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
+        # cpu-quick cells rerun in another venv / host differed by 0.2-1.3 points: these say what differed
+        "packages": {name: _version(name) for name in ("numpy", "torchvision", "diffusers", "numba", "ffcv", "lightning")},
         "python": platform.python_version(),
         "git_commit": commit,
         "load_avg_1min": os.getloadavg()[0],

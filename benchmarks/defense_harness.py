@@ -51,7 +51,9 @@ class _Registry(dict):
 
 REGISTRY = _Registry({**DEFENSES, AUTO: Defense(AUTO, (), CROP_FLIP, AUTO_DESCRIPTION),
                       AUTO_BEST: Defense(AUTO_BEST, (), CROP_FLIP, AUTO_BEST_DESCRIPTION)})
-ADAPTIVE = ("em-adaptive-compensation", "em-adaptive-denoiser")
+# em-adaptive-auto: EM crafted through the candidate `auto` chose on the EM row (the attacker knows the list
+# and the pick); `auto` then selects again on the new poison
+ADAPTIVE = ("em-adaptive-compensation", "em-adaptive-denoiser", "em-adaptive-auto")
 PURIFY_BATCH = 500
 
 
@@ -184,6 +186,9 @@ class Harness:
                 unet = unet.to(self.device)
                 view = poisons.compensation_eot(then=poisons.denoiser_eot(unet, scheduler.alphas_cumprod, p.t_star))
                 return poisons.error_minimizing(self.train, factory, transform=view, seed=self.seed,
+                                                device=self.device, log=log, **p.em)
+            if attack == "em-adaptive-auto":
+                return poisons.error_minimizing(self.train, factory, transform=self.auto_view("em"), seed=self.seed,
                                                 device=self.device, log=log, **p.em)
             raise KeyError(f"unknown attack {attack!r}")
 
@@ -334,6 +339,23 @@ class Harness:
         write_json_atomic(path, choices)
         log(f"{name} on {attack}: {selection.chosen.name} ({selection.reason})")
         return defense, purify
+
+    def auto_view(self, attack: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The adaptive attacker's differentiable view of the candidate ``auto`` chose on ``attack``
+        (`poisons.candidate_view`; the selection runs first if it has not)."""
+        from eclipse_loader.denoiser.io import load_denoiser
+        from eclipse_loader.evaluation.defense_registry import named_candidate
+        from eclipse_loader.select.candidates import DEFAULT_T_STARS
+
+        if attack not in self.auto_choices:
+            self.resolve_auto(attack)
+        t_stars = tuple(self.protocol.auto.get("t_stars", DEFAULT_T_STARS))
+        candidate = named_candidate(self.auto_choices[attack]["chosen"], t_stars)
+        log(f"adaptive EM crafts through {candidate.name}, auto's choice on {attack}")
+        if candidate.t_star is None:
+            return poisons.candidate_view(candidate)
+        unet, scheduler = load_denoiser(self.auto_denoiser(max(t_stars) - 1)[0])
+        return poisons.candidate_view(candidate, unet.to(self.device), scheduler.alphas_cumprod)
 
     # -- cells --------------------------------------------------------------------------------
     def run_cell(self, attack: str, defense: Defense) -> dict[str, Any]:
