@@ -46,7 +46,7 @@ from eclipse_loader.data.images import LabelledImages
 fingerprint = LabelledImages.fingerprint
 def recording_fingerprint(self):  # who reads the whole source to hash it
     with open(record + ".hashed", "a") as f:
-        f.write(f"{os.getpid()}\n")
+        f.write(f"{os.getpid()}\\n")
     return fingerprint(self)
 LabelledImages.fingerprint = recording_fingerprint
 if sys.argv[2] == "single":
