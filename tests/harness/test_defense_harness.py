@@ -120,20 +120,6 @@ def test_rem_and_hypocritical_rows_are_crafted_in_budget_and_cached(tmp_path, mo
         assert 0 < np.abs(delta).max() <= 8  # perturbed, within 8/255
 
 
-@pytest.mark.slow
-def test_adaptive_em_through_autos_choice_selects_first_then_crafts_through_it(tmp_path):
-    run = _run(tmp_path, "--defenses", "none,auto", "--attacks", "em", "--adaptive", "em-adaptive-auto",
-               "--adaptive-defenses", "none,auto")
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    (result_path,) = (tmp_path / "out").glob("defense-smoke-*.json")
-    result = json.loads(result_path.read_text())
-    chosen = result["auto_choices"]["em"]["chosen"]
-    assert f"adaptive EM crafts through {chosen}, auto's choice on em" in run.stdout
-    assert set(result["adaptive"]["em-adaptive-auto"]) == {"none", "auto"}
-    assert "em-adaptive-auto" in result["auto_choices"]  # auto selected again on the adaptive poison
-    assert (tmp_path / "work" / "poisons" / "em-adaptive-auto.npz").is_file()
-
-
 def test_a_victim_only_variant_reuses_the_work_dir_and_keeps_its_own_cells(tmp_path, monkeypatch):
     import dataclasses
 
