@@ -11,17 +11,22 @@ from ..data.images import LabelledImages
 
 def jpeg(data: LabelledImages, quality: int = 10) -> LabelledImages:
     """Re-encode every image as JPEG at ``quality`` (1-100) and decode it (torchvision.io, libjpeg)."""
+    return LabelledImages(jpeg_pixels(data.images, quality), data.labels.copy(), data.num_classes)
+
+
+def jpeg_pixels(images: np.ndarray, quality: int = 10) -> np.ndarray:
+    """`jpeg` on bare uint8 NHWC pixels."""
     from torchvision.io import decode_jpeg, encode_jpeg
 
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be in [1, 100], got {quality}")
-    chw = torch.from_numpy(data.images).permute(0, 3, 1, 2)
-    out = np.empty_like(data.images)
-    for start in range(0, len(data), 1024):
+    chw = torch.from_numpy(images).permute(0, 3, 1, 2)
+    out = np.empty_like(images)
+    for start in range(0, len(images), 1024):
         encoded = encode_jpeg(list(chw[start:start + 1024].contiguous()), quality=quality)
         decoded = decode_jpeg(encoded)
         out[start:start + len(decoded)] = torch.stack(decoded).permute(0, 2, 3, 1).numpy()
-    return LabelledImages(out, data.labels.copy(), data.num_classes)
+    return out
 
 
 def grayscale(data: LabelledImages) -> LabelledImages:

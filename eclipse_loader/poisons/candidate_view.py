@@ -23,7 +23,8 @@ from torch import nn
 from ..purify.outliers import DEFAULT_THRESHOLD, repair_isolated_pixels
 from ..select.augment import KEEP_FRACTION, dct_low_pass, random_sharpen_kernels, sharpen
 from ..select.candidates import Candidate
-from .crafted import Transform, compensation_eot, denoiser_eot
+from ..evaluation.baselines import jpeg_pixels
+from .crafted import Transform, compensation_eot, denoiser_eot, luma_float
 
 
 def _bpda(uint8_step: Callable[[np.ndarray], np.ndarray]) -> Transform:
@@ -35,20 +36,6 @@ def _bpda(uint8_step: Callable[[np.ndarray], np.ndarray]) -> Transform:
         return x + (out.to(x.dtype) / 255.0 - x).detach()
 
     return transform
-
-
-def _jpeg_uint8(quality: int) -> Callable[[np.ndarray], np.ndarray]:
-    from torchvision.io import decode_jpeg, encode_jpeg
-
-    def step(pixels: np.ndarray) -> np.ndarray:
-        chw = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
-        return torch.stack(decode_jpeg(encode_jpeg(list(chw), quality=quality))).permute(0, 2, 3, 1).numpy()
-
-    return step
-
-
-def _grayscale(x: torch.Tensor) -> torch.Tensor:
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
 
 
 def _rsk_ff(x: torch.Tensor) -> torch.Tensor:
@@ -72,9 +59,9 @@ def candidate_view(candidate: Candidate, unet: Optional[nn.Module] = None,
     if candidate.repair:
         steps.append(_bpda(lambda pixels: repair_isolated_pixels(pixels, repair_threshold)[0]))
     if candidate.grayscale:
-        steps.append(_grayscale)
+        steps.append(luma_float)
     if candidate.jpeg is not None:
-        steps.append(_bpda(_jpeg_uint8(candidate.jpeg)))
+        steps.append(_bpda(lambda pixels: jpeg_pixels(pixels, candidate.jpeg)))
     if candidate.t_star is not None:
         steps.append(denoiser_eot(unet, alphas_cumprod, candidate.t_star))  # type: ignore[arg-type]
     if candidate.augment is not None:

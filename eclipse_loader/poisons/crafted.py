@@ -52,6 +52,11 @@ def random_flip(x: torch.Tensor) -> torch.Tensor:
     return torch.where(flip, x.flip(-1), x)
 
 
+def luma_float(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma of a float NCHW batch, in all three channels (differentiable)."""
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+
+
 def compensation_eot(p_gray: float = 0.4, sigma: float = 0.05, then: Optional[Transform] = None) -> Transform:
     """The corruption compensation as a differentiable random transform (fresh draws per call):
     grayscale (ITU-R 601 luma) with probability ``p_gray``, then N(0, sigma^2) noise, clamp to [0, 1].
@@ -61,7 +66,7 @@ def compensation_eot(p_gray: float = 0.4, sigma: float = 0.05, then: Optional[Tr
     def transform(x: torch.Tensor) -> torch.Tensor:
         if then is not None:
             x = then(x)
-        luma = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+        luma = luma_float(x)
         gray = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < p_gray
         x = torch.where(gray, luma, x)
         return (x + sigma * torch.randn_like(x)).clamp(0, 1)
