@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 
 from .disk_array import disk_backed_array
+from .folder_index import FolderIndex
 from .images import GrayscalePolicy, InvalidInputError, LabelledImages, as_labelled_images, grayscale_policy_image
 from .npz_mmap import mmap_npz_member
 
@@ -128,22 +129,54 @@ def from_torchvision(
 
 
 def _decode_each(dataset: Any, grayscale: GrayscalePolicy, resize: Optional[tuple[int, int]], num_classes: Optional[int]) -> LabelledImages:
-    paths = [p for p, _ in dataset.samples] if hasattr(dataset, "samples") else None
-    loader = getattr(dataset, "loader", None)
+    samples = getattr(dataset, "samples", None) if getattr(dataset, "loader", None) is not None else None
+
+    def read(index: int) -> tuple[Any, int]:
+        if samples is not None:  # an ImageFolder: decode the file ourselves, in its own mode
+            path, label = samples[index]
+            return _open_image(path), label
+        return dataset[index]
+
+    def describe(index: int) -> str:
+        return f"sample {index}" + (f" ({samples[index][0]})" if samples is not None else "")
+
+    return _decode(len(dataset), read, describe, grayscale, resize, num_classes)
+
+
+def from_image_folder(
+    root: PathLike,
+    grayscale: GrayscalePolicy = "refuse",
+    resize: Optional[tuple[int, int]] = None,
+    num_classes: Optional[int] = None,
+) -> LabelledImages:
+    """The images of a folder in torchvision's ``ImageFolder`` layout (one sub-folder per class), decoded
+    into an array mapped from an unnamed temporary file (`disk_array`).
+
+    Same files, order, labels and pixels as ``from_torchvision(ImageFolder(root))``, but the file list is a
+    compact `FolderIndex` (two numpy arrays) rather than one Python tuple per file.
+    """
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"no image folder at {root}")
+    index = FolderIndex.scan(root)
+    return _decode(len(index), lambda i: (_open_image(index.path(i)), int(index.labels[i])),
+                   lambda i: f"sample {i} ({index.path(i)})", grayscale, resize,
+                   len(index.classes) if num_classes is None else num_classes)
+
+
+def _decode(count: int, read: Callable[[int], tuple[Any, int]], describe: Callable[[int], str],
+            grayscale: GrayscalePolicy, resize: Optional[tuple[int, int]], num_classes: Optional[int]) -> LabelledImages:
+    """Decode samples ``0..count-1``: ``read(i)`` gives the raw image and its label, ``describe(i)`` names it."""
     images: Optional[np.ndarray] = None  # filled in place; allocated once sample 0 gives the size
-    labels = np.empty(len(dataset), dtype=np.int64)
-    for index in range(len(dataset)):
-        where = f"sample {index}" + (f" ({paths[index]})" if paths else "")
+    labels = np.empty(count, dtype=np.int64)
+    for index in range(count):
+        where = describe(index)
         try:
-            if paths is not None and loader is not None:
-                raw, label = _open_image(paths[index]), dataset.samples[index][1]
-            else:
-                raw, label = dataset[index]
+            raw, label = read(index)
         except Exception as error:  # a corrupt or unreadable file: name it, stop before writing anything
             raise InvalidInputError(f"cannot read {where}: {type(error).__name__}: {error}") from error
         image = _to_hwc_uint8(raw, where, grayscale, resize)
         if images is None:
-            images = disk_backed_array((len(dataset),) + image.shape)
+            images = disk_backed_array((count,) + image.shape)
         elif image.shape != images.shape[1:]:
             raise InvalidInputError(
                 f"{where} has size {image.shape[:2]} but sample 0 has {images.shape[1:3]}: "
@@ -224,11 +257,7 @@ def load_source(
     if kind in ("cifar10", "cifar100", "svhn"):
         return from_torchvision(_torchvision_dataset(kind, rest), grayscale, resize, num_classes)
     if kind == "imagefolder":
-        from torchvision.datasets import ImageFolder
-
-        if not Path(rest).is_dir():
-            raise FileNotFoundError(f"no image folder at {rest}")
-        return from_torchvision(ImageFolder(rest), grayscale, resize, num_classes)
+        return from_image_folder(rest, grayscale, resize, num_classes)
     raise ValueError(
         f"unknown data source {spec!r}: use embedded:SPLIT, npz:PATH, cifar10:ROOT, cifar100:ROOT, svhn:ROOT, "
         "imagefolder:PATH or a .npz/.beton path"

@@ -103,6 +103,32 @@ def test_image_folder_pixels_live_in_an_unnamed_temporary_file(tmp_path, cifar, 
     np.testing.assert_array_equal(np.asarray(data.images), in_memory)
 
 
+def test_imagefolder_source_lists_what_torchvision_lists_in_a_compact_index(tmp_path, cifar):
+    """`imagefolder:PATH` reads the files, order, labels and pixels of ``ImageFolder(PATH)`` (nested
+    sub-folders, upper-case extensions, non-image files skipped), from a numpy index, not a tuple per file."""
+    import PIL.Image
+    from torchvision.datasets import ImageFolder
+
+    from eclipse_loader.data.folder_index import FolderIndex
+
+    root = _image_folder(tmp_path, cifar, n=12)
+    (root / "class_1" / "deeper").mkdir()
+    PIL.Image.fromarray(cifar["train_x"][20]).save(root / "class_1" / "deeper" / "b.PNG")
+    (root / "class_0" / "notes.txt").write_text("not an image")
+    (root / "class_2").mkdir()
+    PIL.Image.fromarray(cifar["train_x"][21]).save(root / "class_2" / "z.jpg")
+    reference = ImageFolder(root)
+    index = FolderIndex.scan(root)
+    assert [index.path(i) for i in range(len(index))] == [path for path, _ in reference.samples]
+    assert index.labels.tolist() == reference.targets and index.classes == tuple(reference.classes)
+    assert index.relative_paths.dtype.kind == "S" and index.labels.dtype == np.int64
+    data, expected = load_source(f"imagefolder:{root}"), from_torchvision(reference)
+    assert data.num_classes == 3 and data.fingerprint() == expected.fingerprint()
+    (root / "class_3").mkdir()
+    with pytest.raises(FileNotFoundError, match="class_3"):
+        load_source(f"imagefolder:{root}")
+
+
 def _rgb_pixels(path) -> np.ndarray:
     import PIL.Image
 

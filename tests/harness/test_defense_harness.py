@@ -144,3 +144,38 @@ def test_a_victim_only_variant_reuses_the_work_dir_and_keeps_its_own_cells(tmp_p
     assert len((work / "cells.jsonl").read_text().splitlines()) == 1
     assert len(other.cells_path.read_text().splitlines()) == 1
     assert sorted(p.name for p in (work / "poisons").iterdir()) == ["ops.npz"]
+
+
+def test_adaptive_em_crafts_through_the_view_of_autos_choice(tmp_path, monkeypatch):
+    """em-adaptive-auto hands `error_minimizing` the differentiable view of the candidate auto chose on EM.
+
+    The choice is planted (as if the selection had picked grayscale), so no selection runs here: the
+    selection itself is covered by the auto-column test and `poisons.candidate_view` by its own tests."""
+    import numpy as np
+    import torch
+
+    from eclipse_loader import poisons
+
+    from ..conftest import embedded_cifar
+
+    np.savez(tmp_path / "cifar-layout.npz", **embedded_cifar())
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from defense import PROTOCOLS, Harness
+
+    harness = Harness(PROTOCOLS["smoke"], tmp_path / "work", "cpu", 0, data=tmp_path / "cifar-layout.npz")
+    harness.auto_choices["em"] = {"chosen": "grayscale"}
+    seen = {}
+    craft = poisons.error_minimizing
+
+    def spy(data, factory, transform=None, **settings):
+        seen["transform"] = transform
+        return craft(data, factory, transform=transform, **settings)
+
+    monkeypatch.setattr(poisons, "error_minimizing", spy)
+    crafted = harness.poisoned("em-adaptive-auto")
+    batch = torch.rand(4, 3, 8, 8)
+    viewed = seen["transform"](batch)
+    assert torch.allclose(viewed, poisons.crafted.luma_float(batch)) and not torch.allclose(viewed, batch)
+    delta = crafted.images.astype(int) - harness.train.images.astype(int)
+    assert 0 < np.abs(delta).max() <= 8 and np.array_equal(crafted.labels, harness.train.labels)
+    assert (tmp_path / "work" / "poisons" / "em-adaptive-auto.npz").is_file()
