@@ -25,6 +25,7 @@ _LAZY = {
     "load_source": "eclipse_loader.storage.sources",  # data.sources' reader with betons registered
     "from_npz": "eclipse_loader.data.sources",
     "from_torchvision": "eclipse_loader.data.sources",
+    "from_image_folder": "eclipse_loader.data.sources",
     "write_beton": "eclipse_loader.storage.beton",
     "read_beton": "eclipse_loader.storage.beton",
     "train_denoiser": "eclipse_loader.adapters.lightning_denoiser",

@@ -240,7 +240,8 @@ def load_source(
         ``npz:PATH[:IMAGES_KEY:LABELS_KEY]`` NHWC uint8 arrays in an .npz
         ``cifar10:ROOT[:train|test]``, ``cifar100:ROOT[:split]``, ``svhn:ROOT[:split]``
                                              torchvision datasets already downloaded under ROOT
-        ``imagefolder:PATH``                 torchvision ImageFolder (one sub-folder per class)
+        ``imagefolder:PATH``                 one sub-folder per class, as torchvision's ImageFolder lists it
+                                             (`from_image_folder`)
         ``PATH.npz`` / ``PATH.beton``        shorthand for npz: / an existing beton
 
     ``num_classes`` bounds the labels (default: the dataset's class list, else ``max(label) + 1``).
