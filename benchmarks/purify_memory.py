@@ -1,6 +1,6 @@
 """Peak memory of `eclipse-loader purify` against the dataset size (issue 16, item 4).
 
-    python benchmarks/purify_memory.py --sizes 10000,50000,200000 [--steps 1] [--source npz|folder]
+    python benchmarks/purify_memory.py --sizes 10000,50000,200000 [--steps 1] [--source npz|folder] [--ranks 2]
 
 For each size, a CIFAR-shaped source is made by tiling the embedded sample into an uncompressed
 ``.npz`` (memory-mapped by the reader) or, with ``--source folder``, into an image folder of PNGs (decoded
@@ -8,7 +8,8 @@ into an unnamed temporary file by the reader), a tiny-preset denoiser is saved, 
 in a subprocess whose process tree (the command and FFCV's writer processes) is sampled every
 0.1 s from /proc/PID/smaps_rollup: the peak of the summed PSS, and of its anonymous part (Pss_Anon:
 memory the job itself holds, as opposed to file pages of the mapped source and output, which the
-kernel can drop). PSS counts a page shared by forked processes once in all.
+kernel can drop). PSS counts a page shared by forked processes once in all. With ``--ranks R`` the command runs as R gloo DDP
+ranks on the CPU (``--accelerator cpu --devices R --strategy ddp``) and each rank's own peak is recorded too.
 Results go to ``benchmarks/results/purify-memory-<date>.json``, rewritten after every size.
 """
 from __future__ import annotations
@@ -28,25 +29,32 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _tree_memory(pid: int) -> tuple[int, int]:
-    """(PSS, anonymous PSS) in bytes, summed over ``pid`` and its descendants: proportional set sizes,
-    so pages a forked writer shares with its parent are counted once, not once per process."""
+def _tree_memory(pid: int) -> tuple[int, int, dict[tuple[int, str], int]]:
+    """(PSS, anonymous PSS) in bytes, summed over ``pid`` and its descendants (proportional set sizes,
+    so pages a forked writer shares with its parent are counted once, not once per process), and the
+    anonymous PSS of each ``(pid, role)``: role ``rank`` for the command itself and for the ranks it starts
+    (Lightning gives them ``LOCAL_RANK``), ``other`` for the rest (FFCV's writers and other forked helpers)."""
     import psutil
 
     try:
         procs = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
-        return 0, 0
+        return 0, 0, {}
     rss = anon = 0
+    each: dict[tuple[int, str], int] = {}
     for proc in procs:
         try:
             with open(f"/proc/{proc.pid}/smaps_rollup") as f:
                 fields = dict(line.split(":", 1) for line in f if ":" in line)
+            launched = proc.ppid() == pid and "LOCAL_RANK" in proc.environ()  # not a process forked by a rank
+            role = "rank" if proc.pid == pid or launched else "other"
             rss += int(fields["Pss"].split()[0]) * 1024
-            anon += int(fields["Pss_Anon"].split()[0]) * 1024
-        except (OSError, KeyError, ValueError):
+            own = int(fields["Pss_Anon"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError, psutil.Error):
             continue
-    return rss, anon
+        anon += own
+        each[(proc.pid, role)] = own
+    return rss, anon, each
 
 
 def _write_source(n: int, kind: str, work: Path) -> tuple[str, Path]:
@@ -74,24 +82,32 @@ def _size_mib(path: Path) -> float:
     return round(sum(p.stat().st_size for p in files) / 2**20, 1)
 
 
-def run_size(n: int, steps: int, work: Path, denoiser: Path, kind: str = "npz") -> dict:
+def run_size(n: int, steps: int, work: Path, denoiser: Path, kind: str = "npz", ranks: int = 1) -> dict:
     spec, source = _write_source(n, kind, work)
     out = work / f"purified-{n}.beton"
     command = [sys.executable, "-m", "eclipse_loader.cli", "purify", spec, str(denoiser), str(out),
                "--steps", str(steps), "--no-progress", "--batch-size", "256"]
+    if ranks > 1:
+        command += ["--accelerator", "cpu", "--devices", str(ranks), "--strategy", "ddp"]
     start = time.perf_counter()
     proc = subprocess.Popen(command)
     peak_rss = peak_anon = 0
+    peak_each: dict[tuple[int, str], int] = {}
     while proc.poll() is None:
-        rss, anon = _tree_memory(proc.pid)
+        rss, anon, each = _tree_memory(proc.pid)
         peak_rss, peak_anon = max(peak_rss, rss), max(peak_anon, anon)
+        for key, value in each.items():
+            peak_each[key] = max(peak_each.get(key, 0), value)
         time.sleep(0.1)
     if proc.returncode != 0:
         raise SystemExit(f"purify failed on {n} images (exit {proc.returncode})")
     seconds = time.perf_counter() - start
     result = {"images": n, "source": kind, "source_mib": _size_mib(source), "seconds": round(seconds, 1),
               "peak_pss_mib": round(peak_rss / 2**20, 1), "peak_pss_anon_mib": round(peak_anon / 2**20, 1),
-              "output_pixels_mib": round(n * 32 * 32 * 3 / 2**20, 1)}
+              "output_pixels_mib": round(n * 32 * 32 * 3 / 2**20, 1), "ranks": ranks,
+              # each purify process's own peak (the ranks; rank 0 also hashes the source and writes the beton)
+              "peak_pss_anon_mib_by_rank": sorted((round(v / 2**20, 1) for (_, role), v in peak_each.items()
+                                                   if role == "rank"), reverse=True)}
     shutil.rmtree(source) if source.is_dir() else source.unlink()
     out.unlink()
     Path(str(out) + ".json").unlink()
@@ -103,21 +119,24 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,50000,200000")
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--source", choices=("npz", "folder"), default="npz")
-    parser.add_argument("--out", default=None, help="default results/purify-memory[-folder]-<date>.json")
+    parser.add_argument("--ranks", type=int, default=1, help="DDP ranks on the CPU (gloo); 1: the single-process pass")
+    parser.add_argument("--out", default=None, help="default results/purify-memory[-folder][-Nranks]-<date>.json")
     args = parser.parse_args()
-    suffix = "" if args.source == "npz" else f"-{args.source}"
+    suffix = ("" if args.source == "npz" else f"-{args.source}") + ("" if args.ranks == 1 else f"-{args.ranks}ranks")
     args.out = args.out or str(RESULTS / f"purify-memory{suffix}-{datetime.date.today()}.json")
     import torch
 
+    from _common import machine_info
     from eclipse_loader.denoiser import build_scheduler, build_unet, save_denoiser
 
-    report = {"command": "python benchmarks/purify_memory.py " + f"--sizes {args.sizes} --steps {args.steps} --source {args.source}",
-              "machine": "2-core CPU, no GPU", "preset": "tiny", "runs": []}
+    report = {"command": f"python benchmarks/purify_memory.py --sizes {args.sizes} --steps {args.steps} "
+                         f"--source {args.source} --ranks {args.ranks}",
+              "machine": machine_info(), "preset": "tiny", "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         denoiser = save_denoiser(build_unet("tiny"), build_scheduler(), Path(tmp) / "den")
         for n in (int(v) for v in args.sizes.split(",")):
-            report["runs"].append(run_size(n, args.steps, Path(tmp), denoiser, args.source))
+            report["runs"].append(run_size(n, args.steps, Path(tmp), denoiser, args.source, args.ranks))
             print(json.dumps(report["runs"][-1]), flush=True)
             Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")
