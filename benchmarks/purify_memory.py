@@ -107,7 +107,12 @@ def run_size(n: int, steps: int, work: Path, denoiser: Path, kind: str = "npz", 
               "output_pixels_mib": round(n * 32 * 32 * 3 / 2**20, 1), "ranks": ranks,
               # each purify process's own peak (the ranks; rank 0 also hashes the source and writes the beton)
               "peak_pss_anon_mib_by_rank": sorted((round(v / 2**20, 1) for (_, role), v in peak_each.items()
-                                                   if role == "rank"), reverse=True)}
+                                                   if role == "rank"), reverse=True),
+              # and the other processes' (FFCV's writer and its workers, forked from rank 0)
+              "peak_pss_anon_mib_others": sorted((round(v / 2**20, 1) for (_, role), v in peak_each.items()
+                                                  if role == "other"), reverse=True),
+              "peak_pss_anon_mib_others_sum": round(sum(v for (_, role), v in peak_each.items()
+                                                        if role == "other") / 2**20, 1)}
     shutil.rmtree(source) if source.is_dir() else source.unlink()
     out.unlink()
     Path(str(out) + ".json").unlink()
