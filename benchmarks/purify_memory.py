@@ -102,17 +102,17 @@ def run_size(n: int, steps: int, work: Path, denoiser: Path, kind: str = "npz", 
     if proc.returncode != 0:
         raise SystemExit(f"purify failed on {n} images (exit {proc.returncode})")
     seconds = time.perf_counter() - start
+    by_role: dict[str, list[float]] = {"rank": [], "other": []}
+    for (_, role), value in peak_each.items():
+        by_role[role].append(value / 2**20)
     result = {"images": n, "source": kind, "source_mib": _size_mib(source), "seconds": round(seconds, 1),
               "peak_pss_mib": round(peak_rss / 2**20, 1), "peak_pss_anon_mib": round(peak_anon / 2**20, 1),
               "output_pixels_mib": round(n * 32 * 32 * 3 / 2**20, 1), "ranks": ranks,
               # each purify process's own peak (the ranks; rank 0 also hashes the source and writes the beton)
-              "peak_pss_anon_mib_by_rank": sorted((round(v / 2**20, 1) for (_, role), v in peak_each.items()
-                                                   if role == "rank"), reverse=True),
+              "peak_pss_anon_mib_by_rank": sorted((round(v, 1) for v in by_role["rank"]), reverse=True),
               # and the other processes' (FFCV's writer and its workers, forked from rank 0)
-              "peak_pss_anon_mib_others": sorted((round(v / 2**20, 1) for (_, role), v in peak_each.items()
-                                                  if role == "other"), reverse=True),
-              "peak_pss_anon_mib_others_sum": round(sum(v for (_, role), v in peak_each.items()
-                                                        if role == "other") / 2**20, 1)}
+              "peak_pss_anon_mib_others": sorted((round(v, 1) for v in by_role["other"]), reverse=True),
+              "peak_pss_anon_mib_others_sum": round(sum(by_role["other"]), 1)}
     shutil.rmtree(source) if source.is_dir() else source.unlink()
     out.unlink()
     Path(str(out) + ".json").unlink()
