@@ -155,7 +155,7 @@ def from_image_folder(
     Same files, order, labels and pixels as ``from_torchvision(ImageFolder(root))``, but the file list is a
     compact `FolderIndex` (two numpy arrays) rather than one Python tuple per file.
     """
-    if not Path(root).is_dir():
+    if not Path(root).expanduser().is_dir():
         raise FileNotFoundError(f"no image folder at {root}")
     index = FolderIndex.scan(root)
     return _decode(len(index), lambda i: (_open_image(index.path(i)), int(index.labels[i])),
@@ -245,6 +245,7 @@ def load_source(
         ``PATH.npz`` / ``PATH.beton``        shorthand for npz: / an existing beton
 
     ``num_classes`` bounds the labels (default: the dataset's class list, else ``max(label) + 1``).
+    A path may start with ``~`` (``npz:~/data.npz``): the shell expands it only at the start of a word.
     """
     kind, _, rest = spec.partition(":")
     if not rest and spec.endswith(".npz"):
@@ -252,6 +253,8 @@ def load_source(
     suffix = spec.rpartition(".")[2]
     if not rest and (suffix in _READERS or suffix == "beton"):
         kind, rest = suffix, spec
+    if kind != "embedded":
+        rest = os.path.expanduser(rest)
     if kind in ("embedded", "npz", "beton") or kind in _READERS:
         data = _load_arrays(kind, rest, grayscale, num_classes)
         return data if resize is None else resize_images(data, resize)

@@ -129,6 +129,17 @@ def test_imagefolder_source_lists_what_torchvision_lists_in_a_compact_index(tmp_
         load_source(f"imagefolder:{root}")
 
 
+def test_source_paths_may_start_with_a_tilde(tmp_path, cifar, monkeypatch):
+    """``imagefolder:~/x`` and ``npz:~/x.npz``: the shell leaves a ``~`` after ``kind:`` alone, so the loader expands it."""
+    root = _image_folder(tmp_path, cifar, n=4)
+    np.savez(tmp_path / "small.npz", images=cifar["train_x"][:4], labels=cifar["train_y"][:4])
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert len(load_source(f"imagefolder:~/{root.name}")) == len(load_source(f"imagefolder:{root}"))
+    assert len(load_source("npz:~/small.npz")) == 4 and len(load_source("~/small.npz")) == 4
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "missing")):
+        load_source("imagefolder:~/missing")
+
+
 def _rgb_pixels(path) -> np.ndarray:
     import PIL.Image
 
