@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import machine_info
 from eclipse_loader.data.embedded import load_embedded
 from eclipse_loader.denoiser import build_scheduler, build_unet
-from eclipse_loader.purify.purifier import Purifier, PurifyConfig, to_model_range
+from eclipse_loader.purify.outliers import repair_isolated_pixels
+from eclipse_loader.purify.purifier import Purifier, PurifyConfig, to_model_range, to_uint8
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -60,12 +62,43 @@ def measure(preset: str, batch: int, rounds: int, device: torch.device, noise_rn
             _sync(device)
             timings[name].append(time.perf_counter() - start)
     ratios = [b / p for b, p in zip(timings["bare_unet"], timings["purify"])]
-    return {
+    return {"stage_ms_per_batch": stage_times(purifier, images, x, device), **{
         "preset": preset, "batch": batch, "steps": len(purifier.timesteps), "noise_rng": noise_rng,
         "bare_unet_img_per_s": [round(batch / s, 1) for s in timings["bare_unet"]],
         "purify_img_per_s": [round(batch / s, 1) for s in timings["purify"]],
         "ratio_per_round": [round(r, 3) for r in ratios], "ratio_median": round(statistics.median(ratios), 3),
+    }}
+
+
+@torch.no_grad()
+def stage_times(purifier: Purifier, images: np.ndarray, x: torch.Tensor, device: torch.device,
+                calls: int = 10) -> dict[str, float]:
+    """Milliseconds per batch of each stage of `Purifier.purify` besides the U-Net, each timed alone
+    (median of ``calls``): where the gap between purify and the bare U-Net goes."""
+    t = torch.full((len(x),), purifier.timesteps[0], dtype=torch.long, device=device)
+    eps, z = purifier.unet(x, t).sample, torch.randn_like(x)
+    draw = purifier._noise_source(range(len(x)), tuple(x.shape[1:]))
+    t_prev = purifier.timesteps[1] if len(purifier.timesteps) > 1 else -1
+    stages = {
+        "unet_call": lambda: purifier.unet(x, t),
+        "outlier_repair": lambda: repair_isolated_pixels(images, purifier.config.repair_threshold or 48),
+        "to_model_range": lambda: to_model_range(images).to(device),
+        "noise_draw": draw,
+        "reverse_update": lambda: purifier.step(x, eps, purifier.timesteps[0], t_prev, z),
+        "finite_check_and_to_uint8": lambda: (int((~torch.isfinite(x)).flatten(1).any(1).sum()), to_uint8(x)),
     }
+    result = {}
+    for name, stage in stages.items():
+        stage()
+        spent = []
+        for _ in range(calls):
+            _sync(device)
+            start = time.perf_counter()
+            stage()
+            _sync(device)
+            spent.append(time.perf_counter() - start)
+        result[name] = round(1e3 * statistics.median(spent), 2)
+    return result
 
 
 def main() -> None:
@@ -85,7 +118,8 @@ def main() -> None:
     out = Path(args.out) if args.out else RESULTS / f"purify-speed-{datetime.date.today()}-{device.type}.json"
     result = {"command": "python benchmarks/purify_speed.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "out"),
-        "device": name, "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "runs": []}
+        "device": name, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "machine": machine_info(), "runs": []}
     for preset in args.presets.split(","):
         for rng in args.noise_rngs.split(","):
             result["runs"].append(measure(preset, args.batch, args.rounds, device, rng))
