@@ -3,8 +3,8 @@
     python benchmarks/purify_memory.py --sizes 10000,50000,200000 [--steps 1] [--source npz|folder] [--ranks 2]
 
 For each size, a CIFAR-shaped source is made by tiling the embedded sample into an uncompressed
-``.npz`` (memory-mapped by the reader) or, with ``--source folder``, into an image folder of PNGs (decoded
-into an unnamed temporary file by the reader), a tiny-preset denoiser is saved, and the purify command runs
+``.npz`` (memory-mapped by the reader) or, with ``--source folder``, into an image folder of PNGs (which
+`purify` decodes block by block, on the rank that purifies the block), a tiny-preset denoiser is saved, and the purify command runs
 in a subprocess whose process tree (the command and FFCV's writer processes) is sampled every
 0.1 s from /proc/PID/smaps_rollup: the peak of the summed PSS, and of its anonymous part (Pss_Anon:
 memory the job itself holds, as opposed to file pages of the mapped source and output, which the

@@ -61,7 +61,10 @@ class _Blocks(Dataset):
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         start, stop = self.blocks[k]
-        return {"start": start, "stop": stop, "images": self.images[start:stop]}
+        try:  # a lazily decoded source decodes here, in the DataLoader: its error goes to predict_step
+            return {"start": start, "stop": stop, "images": self.images[start:stop]}
+        except Exception as error:  # noqa: BLE001 - reported on every rank by ShardWriter.on_predict_end
+            return {"start": start, "stop": stop, "images": None, "error": error}
 
 
 def _single(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -152,16 +155,24 @@ class PurificationModule(pl.LightningModule):
         check_serves_t_star(denoiser_dir, self.t_star)
         self.unet = unet  # a submodule, so Lightning moves it to this rank's device
         self.purifier: Optional[Purifier] = None
+        self.failure: Optional[BaseException] = None  # this rank's first error; ShardWriter raises it on every rank
 
     def on_predict_start(self) -> None:
         self.purifier = Purifier(self.unet, self._scheduler, self.config, device=self.device)
+        self.failure = None
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[dict[str, np.ndarray]]:
         start, stop, images = int(batch["start"]), int(batch["stop"]), batch["images"]
-        if stop == start:
+        if stop == start or self.failure is not None:  # after a failure this rank only drains its blocks
             return None
         assert self.purifier is not None, "on_predict_start builds the purifier"
-        purified = purify_block(self.purifier, images, start, self.batch_size, self.denoiser_dir)
+        try:
+            if batch.get("error") is not None:
+                raise batch["error"]
+            purified = purify_block(self.purifier, images, start, self.batch_size, self.denoiser_dir)
+        except Exception as error:  # noqa: BLE001 - raised on every rank at the end, so no rank waits forever
+            self.failure = error
+            return None
         return {"indices": np.arange(start, stop, dtype=np.int64), "images": purified}
 
 
@@ -179,7 +190,30 @@ class ShardWriter(BasePredictionWriter):
             save_shard(self.work, prediction["indices"], prediction["images"])
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainer.strategy.barrier("eclipse-shards-written")  # rank 0 assembles only after every shard exists
+        # every rank learns of every rank's failure (a damaged file in one rank's blocks, NaN output ...) and
+        # raises it, instead of the others waiting at a collective; then rank 0 assembles only after every shard exists
+        own = getattr(pl_module, "failure", None)
+        for rank in range(trainer.world_size):
+            sent = trainer.strategy.broadcast(_portable(own) if trainer.global_rank == rank else None, src=rank)
+            if sent is not None:
+                raise own if own is not None else sent
+        trainer.strategy.barrier("eclipse-shards-written")
+
+
+def _portable(error: Optional[BaseException]) -> Optional[BaseException]:
+    """``error`` as an object every rank can unpickle: itself when it is a plain built-in or eclipse-loader
+    error with one message, else a RuntimeError carrying its type and message."""
+    if error is None:
+        return None
+    try:
+        import pickle
+
+        copy = pickle.loads(pickle.dumps(error))
+        if type(copy) is type(error) and str(copy) == str(error):
+            return error
+    except Exception:  # noqa: BLE001 - unpicklable: send its text instead
+        pass
+    return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 def purify_distributed(

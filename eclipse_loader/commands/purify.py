@@ -170,13 +170,15 @@ def run(args: argparse.Namespace) -> int:
         from ..output_files import check_output
 
         check_output(args.preview, what="--preview")
-    data = load_source(args.source)
+    data = load_source(args.source, lazy=True)  # an image folder is decoded block by block, where purified
+    if args.recipe == "auto":
+        data = data.materialised()  # the selection reads the images many times
     recipe = resolve_recipe(args, data)
     config = purify_config_from_args(args, recipe)
     p_gray, sigma = preview_settings(args, recipe)
     original = data
     if recipe.grayscale or recipe.jpeg_quality is not None or not recipe.purification:
-        data, config = _offline_steps(recipe, data, config)
+        data, config = _offline_steps(recipe, data.materialised(), config)
     if not recipe.purification:
         return _write_unpurified(args, data, original, p_gray, sigma)
     if _is_distributed(args):

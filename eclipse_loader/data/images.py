@@ -25,7 +25,9 @@ class LabelledImages:
     """A validated image-classification dataset held in memory.
 
     Attributes:
-        images: uint8 array of shape (N, H, W, 3), RGB, HWC (the layout of torchvision's CIFAR10.data).
+        images: uint8 array of shape (N, H, W, 3), RGB, HWC (the layout of torchvision's CIFAR10.data),
+            or an array decoded on demand (`eclipse_loader.data.folder_images.FolderImages`: indexing it
+            returns numpy arrays; `materialised` turns it into one).
         labels: int64 array of shape (N,), each in ``[0, num_classes)``.
         num_classes: number of classes (labels need not use all of them).
     """
@@ -52,11 +54,28 @@ class LabelledImages:
         """sha256 of the pixels, labels and class count: equal fingerprints mean equal datasets."""
         digest = hashlib.sha256()
         digest.update(repr((self.images.shape, self.num_classes)).encode())
+        if is_lazy(self.images):  # the source's own identity (a folder: its files), nothing decoded
+            self.images.update_digest(digest)
+            digest.update(self.labels.astype("<i8").tobytes())
+            return digest.hexdigest()
         block = max(1, (64 << 20) // max(1, int(np.prod(self.images.shape[1:]))))  # ~64 MiB at a time
         for start in range(0, len(self.images), block):  # streamed: a memory-mapped source stays on disk
             digest.update(np.ascontiguousarray(self.images[start:start + block]).data)
         digest.update(self.labels.astype("<i8").tobytes())
         return digest.hexdigest()
+
+    def materialised(self) -> "LabelledImages":
+        """This dataset with its pixels in a numpy array: itself, or a lazily decoded source decoded once into
+        an array mapped from an unnamed temporary file (`disk_backed_array`)."""
+        if not is_lazy(self.images):
+            return self
+        from .disk_array import disk_backed_array
+
+        images = disk_backed_array(tuple(self.images.shape))
+        block = max(1, (64 << 20) // max(1, int(np.prod(self.images.shape[1:]))))
+        for start in range(0, len(images), block):
+            images[start:start + block] = self.images[start:start + block]
+        return LabelledImages(images, self.labels, self.num_classes)
 
     def subset(self, indices: np.ndarray) -> "LabelledImages":
         """The samples at ``indices``, in that order (copies the pixels)."""
@@ -120,9 +139,14 @@ def grayscale_policy_image(image: np.ndarray, policy: GrayscalePolicy, where: st
     return image
 
 
+def is_lazy(images: object) -> bool:
+    """Whether ``images`` is decoded on demand (it names its source to hashes itself) rather than a numpy array."""
+    return not isinstance(images, np.ndarray) and callable(getattr(images, "update_digest", None))
+
+
 def validate_images(images: np.ndarray) -> None:
     """Check an image array is uint8 (N, H, W, 3) with N, H, W > 0."""
-    if not isinstance(images, np.ndarray):
+    if not isinstance(images, np.ndarray) and not is_lazy(images):
         raise InvalidInputError(f"images must be a numpy array, got {type(images).__name__}")
     if images.dtype != np.uint8:
         hint = " (float images in [0,1]? multiply by 255 and round first)" if images.dtype.kind == "f" else ""

@@ -14,9 +14,11 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
+from .decode import open_image, to_hwc_uint8
 from .disk_array import disk_backed_array
+from .folder_images import FolderImages
 from .folder_index import FolderIndex
-from .images import GrayscalePolicy, InvalidInputError, LabelledImages, as_labelled_images, grayscale_policy_image
+from .images import GrayscalePolicy, InvalidInputError, LabelledImages, as_labelled_images
 from .npz_mmap import mmap_npz_member
 
 PathLike = Union[str, os.PathLike]
@@ -134,7 +136,7 @@ def _decode_each(dataset: Any, grayscale: GrayscalePolicy, resize: Optional[tupl
     def read(index: int) -> tuple[Any, int]:
         if samples is not None:  # an ImageFolder: decode the file ourselves, in its own mode
             path, label = samples[index]
-            return _open_image(path), label
+            return open_image(path), label
         return dataset[index]
 
     def describe(index: int) -> str:
@@ -148,19 +150,24 @@ def from_image_folder(
     grayscale: GrayscalePolicy = "refuse",
     resize: Optional[tuple[int, int]] = None,
     num_classes: Optional[int] = None,
+    lazy: bool = False,
 ) -> LabelledImages:
-    """The images of a folder in torchvision's ``ImageFolder`` layout (one sub-folder per class), decoded
-    into an array mapped from an unnamed temporary file (`disk_array`).
+    """The images of a folder in torchvision's ``ImageFolder`` layout (one sub-folder per class).
 
     Same files, order, labels and pixels as ``from_torchvision(ImageFolder(root))``, but the file list is a
-    compact `FolderIndex` (two numpy arrays) rather than one Python tuple per file.
+    compact `FolderIndex` (two numpy arrays) rather than one Python tuple per file. The pixels are decoded
+    into an array mapped from an unnamed temporary file (`disk_array`), or with ``lazy`` left in the files
+    and decoded when indexed (`FolderImages`: what purification uses, so that each DDP rank decodes only
+    its own blocks; its cache key hashes the files, not the pixels).
     """
     if not Path(root).expanduser().is_dir():
         raise FileNotFoundError(f"no image folder at {root}")
     index = FolderIndex.scan(root)
-    return _decode(len(index), lambda i: (_open_image(index.path(i)), int(index.labels[i])),
-                   lambda i: f"sample {i} ({index.path(i)})", grayscale, resize,
-                   len(index.classes) if num_classes is None else num_classes)
+    num_classes = len(index.classes) if num_classes is None else num_classes
+    if lazy:
+        return LabelledImages(FolderImages(index, grayscale, resize), index.labels, num_classes)
+    return _decode(len(index), lambda i: (open_image(index.path(i)), int(index.labels[i])),
+                   lambda i: f"sample {i} ({index.path(i)})", grayscale, resize, num_classes)
 
 
 def _decode(count: int, read: Callable[[int], tuple[Any, int]], describe: Callable[[int], str],
@@ -174,7 +181,7 @@ def _decode(count: int, read: Callable[[int], tuple[Any, int]], describe: Callab
             raw, label = read(index)
         except Exception as error:  # a corrupt or unreadable file: name it, stop before writing anything
             raise InvalidInputError(f"cannot read {where}: {type(error).__name__}: {error}") from error
-        image = _to_hwc_uint8(raw, where, grayscale, resize)
+        image = to_hwc_uint8(raw, where, grayscale, resize)
         if images is None:
             images = disk_backed_array((count,) + image.shape)
         elif image.shape != images.shape[1:]:
@@ -189,49 +196,12 @@ def _decode(count: int, read: Callable[[int], tuple[Any, int]], describe: Callab
     return as_labelled_images(images, labels, num_classes, grayscale)
 
 
-def _open_image(path: str) -> Any:
-    """The file as decoded by PIL, in its own mode (torchvision's loader would convert it to RGB)."""
-    import PIL.Image
-
-    with open(path, "rb") as handle:
-        image = PIL.Image.open(handle)
-        image.load()
-    return image
-
-
-def _to_hwc_uint8(raw: Any, where: str, grayscale: GrayscalePolicy, resize: Optional[tuple[int, int]]) -> np.ndarray:
-    import PIL.Image
-
-    if isinstance(raw, PIL.Image.Image):
-        if raw.mode == "P":
-            raw = raw.convert("RGBA" if "transparency" in raw.info else "RGB")
-        if raw.mode in ("RGBA", "LA", "PA", "RGBa", "La") and raw.getchannel("A").getextrema() != (255, 255):
-            raise InvalidInputError(f"{where} has transparent pixels (mode {raw.mode}); flatten it onto a "
-                                    "background first (ECLIPSE works on opaque RGB images)")
-        if raw.mode in ("L", "LA", "I", "I;16", "F", "1"):
-            if grayscale == "refuse":
-                raise InvalidInputError(f"{where} is a grayscale image (mode {raw.mode}); pass grayscale='convert'")
-            raw = raw.convert("L")
-        raw = raw.convert("RGB")
-        if resize is not None:
-            raw = raw.resize((resize[1], resize[0]), PIL.Image.BICUBIC)
-        return np.asarray(raw, dtype=np.uint8)
-    array = raw.numpy() if hasattr(raw, "numpy") else np.asarray(raw)
-    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
-        array = array.transpose(1, 2, 0)
-    if array.dtype != np.uint8:
-        raise InvalidInputError(f"{where} has dtype {array.dtype}; expected uint8 pixels (drop ToTensor from the dataset)")
-    array = grayscale_policy_image(array, grayscale, where)
-    if resize is not None and array.shape[:2] != tuple(resize):
-        array = np.asarray(PIL.Image.fromarray(array).resize((resize[1], resize[0]), PIL.Image.BICUBIC))
-    return array
-
-
 def load_source(
     spec: str,
     grayscale: GrayscalePolicy = "refuse",
     resize: Optional[tuple[int, int]] = None,
     num_classes: Optional[int] = None,
+    lazy: bool = False,
 ) -> LabelledImages:
     """Load data named by a source string.
 
@@ -245,7 +215,8 @@ def load_source(
         ``PATH.npz`` / ``PATH.beton``        shorthand for npz: / an existing beton
 
     ``num_classes`` bounds the labels (default: the dataset's class list, else ``max(label) + 1``).
-    A path may start with ``~`` (``npz:~/data.npz``): the shell expands it only at the start of a word.
+    With ``lazy`` an image folder is decoded on demand (`FolderImages`); other sources are unaffected
+    (an uncompressed ``.npz`` is memory-mapped anyway). A path may start with ``~`` (``npz:~/data.npz``): the shell expands it only at the start of a word.
     """
     kind, _, rest = spec.partition(":")
     if not rest and spec.endswith(".npz"):
@@ -261,7 +232,7 @@ def load_source(
     if kind in ("cifar10", "cifar100", "svhn"):
         return from_torchvision(_torchvision_dataset(kind, rest), grayscale, resize, num_classes)
     if kind == "imagefolder":
-        return from_image_folder(rest, grayscale, resize, num_classes)
+        return from_image_folder(rest, grayscale, resize, num_classes, lazy=lazy)
     raise ValueError(
         f"unknown data source {spec!r}: use embedded:SPLIT, npz:PATH, cifar10:ROOT, cifar100:ROOT, svhn:ROOT, "
         "imagefolder:PATH or a .npz/.beton path"

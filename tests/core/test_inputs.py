@@ -189,3 +189,56 @@ def test_torchvision_cifar_and_svhn_layouts(cifar):
     svhn_ds.data, svhn_ds.labels, svhn_ds.transform = cifar["train_x"][:12].transpose(0, 3, 1, 2), cifar["train_y"][:12], None
     data = from_torchvision(svhn_ds)
     assert np.array_equal(data.images, cifar["train_x"][:12])
+
+
+def test_lazy_image_folder_decodes_only_what_is_indexed_and_hashes_files_not_pixels(tmp_path, cifar, monkeypatch):
+    """``lazy=True``: the same pixels as the eager folder source, decoded only where indexed; the fingerprint
+    reads every file's bytes (and checks its header) without decoding any."""
+    import PIL.Image
+
+    from eclipse_loader.data import decode
+    from eclipse_loader.data.folder_images import FolderImages
+    from eclipse_loader.data.sources import from_image_folder
+
+    root = _image_folder(tmp_path, cifar, n=10)
+    eager, lazy = from_image_folder(root), from_image_folder(root, lazy=True)
+    assert isinstance(lazy.images, FolderImages) and lazy.images.shape == eager.images.shape
+    assert lazy.images.nbytes == eager.images.nbytes and lazy.num_classes == eager.num_classes
+    opened = []
+    original = decode.open_image
+    monkeypatch.setattr(decode, "open_image", lambda path: opened.append(path) or original(path))
+    np.testing.assert_array_equal(lazy.images[3:6], eager.images[3:6])
+    np.testing.assert_array_equal(lazy.images[np.array([9, 0])], eager.images[[9, 0]])
+    np.testing.assert_array_equal(lazy.images[-1], eager.images[-1])
+    assert len(opened) == 3 + 2 + 1, "only the indexed files were decoded"
+    np.testing.assert_array_equal(lazy.labels, eager.labels)
+    opened.clear()
+    key = lazy.fingerprint()
+    assert opened == [] and key == from_image_folder(root, lazy=True).fingerprint()
+    np.testing.assert_array_equal(np.asarray(lazy.materialised().images), eager.images)
+    changed = sorted((root / "class_1").iterdir())[0]
+    PIL.Image.fromarray(cifar["train_x"][30]).save(changed)  # same size, other pixels
+    assert from_image_folder(root, lazy=True).fingerprint() != key
+
+
+def test_lazy_image_folder_refuses_a_bad_file_by_its_header_before_any_decode(tmp_path, cifar):
+    """Another size or a grayscale file is named while the fingerprint streams the files (before any
+    purification); damaged pixel data is named when its block is decoded."""
+    import PIL.Image
+
+    from eclipse_loader.data.sources import from_image_folder
+
+    root = _image_folder(tmp_path, cifar, n=6)
+    odd = sorted((root / "class_1").iterdir())[-1]
+    PIL.Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(odd)
+    with pytest.raises(InvalidInputError, match=f"{odd.name}.*has size \\(16, 16\\)"):
+        from_image_folder(root, lazy=True).fingerprint()
+    PIL.Image.fromarray(np.zeros((32, 32), np.uint8)).save(odd)
+    with pytest.raises(InvalidInputError, match=f"{odd.name}.*grayscale"):
+        from_image_folder(root, lazy=True).fingerprint()
+    PIL.Image.fromarray(cifar["train_x"][0]).save(odd)
+    odd.write_bytes(odd.read_bytes()[:60])  # the header survives, the pixel data does not
+    data = from_image_folder(root, lazy=True)
+    data.fingerprint()
+    with pytest.raises(InvalidInputError, match=f"cannot read sample .*{odd.name}"):
+        data.images[:]

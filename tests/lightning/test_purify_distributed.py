@@ -49,6 +49,13 @@ def recording_fingerprint(self):  # who reads the whole source to hash it
         f.write(f"{os.getpid()}\\n")
     return fingerprint(self)
 LabelledImages.fingerprint = recording_fingerprint
+from eclipse_loader.data import decode
+open_image = decode.open_image
+def recording_open_image(path):  # which process decodes which file of an image folder
+    with open(record + ".decoded", "a") as f:
+        f.write(f"{os.getpid()} {path}\\n")
+    return open_image(path)
+decode.open_image = recording_open_image
 if sys.argv[2] == "single":
     from eclipse_loader.storage.sources import load_source
     from eclipse_loader.purify.run import purify_dataset
@@ -150,6 +157,69 @@ def test_distributed_restart_at_another_world_size_computes_only_the_missing_sha
     assert not (tmp_path / "r.beton").exists()
     resumed = collect_shards(work, N, (32, 32, 3))
     assert resumed.tobytes() == np.load(tmp / "single.npz")["images"].tobytes()
+
+
+def _decoded(record: Path) -> dict[int, list[str]]:
+    by_pid: dict[int, list[str]] = {}
+    for line in record.read_text().splitlines() if record.exists() else []:
+        pid, path = line.split(" ", 1)
+        by_pid.setdefault(int(pid), []).append(path)
+    return by_pid
+
+
+def _folder(tmp: Path, cifar) -> Path:
+    import PIL.Image
+
+    root = tmp / "folder"
+    for i in range(N):
+        (root / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        PIL.Image.fromarray(cifar["train_x"][i]).save(root / f"c{i % 2}" / f"{i:03d}.png")
+    return root
+
+
+def _ddp_cli(tmp: Path, record: str, src: str, den, out: Path, *extra, background=False):
+    return _run(tmp, record, "purify", src, den, out, "--steps", STEPS, "--batch-size", BATCH, "--chunk-size", SHARD,
+                "--devices", 2, "--num-nodes", 1, "--strategy", "ddp", "--accelerator", "cpu", "--no-progress",
+                *extra, background=background)
+
+
+@requires_ffcv
+@pytest.mark.slow
+def test_distributed_image_folder_each_rank_decodes_only_its_own_blocks(job, tmp_path, cifar):
+    """An image folder is not decoded before the Trainer: each rank decodes the files of its blocks only,
+    global rank 0 hashes the files without decoding them, and the output equals the eager single-process one."""
+    shutil.copy(job["tmp"] / "runner.py", tmp_path / "runner.py")
+    src = f"imagefolder:{_folder(tmp_path, cifar)}"
+    _run(tmp_path, "single.txt", "single", src, job["den"], tmp_path / "single.beton", tmp_path / "single.npz")
+    _ddp_cli(tmp_path, "ddp.txt", src, job["den"], tmp_path / "ddp.npz", "--work-dir", tmp_path / "shards")
+    single, ddp = np.load(tmp_path / "single.npz"), np.load(tmp_path / "ddp.npz")
+    assert single["images"].tobytes() == ddp["images"].tobytes()
+    np.testing.assert_array_equal(single["labels"], ddp["labels"])
+    decoded = _decoded(tmp_path / "ddp.txt.decoded")
+    assert set(decoded) == set(_records(tmp_path / "ddp.txt")) and len(decoded) == 2, "both ranks decoded"
+    a, b = (set(paths) for paths in decoded.values())
+    assert not a & b and len(a | b) == N and len(a) == len(b) == N // 2, "each file decoded once, by its rank"
+    assert len((tmp_path / "ddp.txt.hashed").read_text().split()) == 1
+
+
+@requires_ffcv
+@pytest.mark.slow
+def test_distributed_damaged_file_in_one_ranks_blocks_stops_every_rank_with_its_name(job, tmp_path, cifar):
+    """A file that passes the header check but cannot be decoded, in rank 1's blocks: every rank stops with
+    one line naming it (rank 0 does not wait forever at the barrier), and no output is written."""
+    shutil.copy(job["tmp"] / "runner.py", tmp_path / "runner.py")
+    root = _folder(tmp_path, cifar)
+    damaged = root / "c0" / "020.png"  # sample 10 (c0 holds the even indices): block (8, 16), the second block
+    damaged.write_bytes(damaged.read_bytes()[:60])
+    run = _ddp_cli(tmp_path, "bad.txt", f"imagefolder:{root}", job["den"], tmp_path / "bad.npz",
+                   "--work-dir", tmp_path / "shards", background=True)
+    out, _ = run.communicate(timeout=300)
+    assert run.returncode == 2, out[-3000:]
+    assert "error: cannot read sample 10" in out and str(damaged) in out, out[-3000:]
+    assert not (tmp_path / "bad.npz").exists()
+    purified = {i for v in _records(tmp_path / "bad.txt").values() for i in v}
+    assert not set(range(8, 16)) & purified
+    assert set(range(0, 8)) <= purified, "the header check passed: rank 0 purified its first block before it learned"
 
 
 def _fake_shards(work: Path, blocks) -> np.ndarray:
