@@ -178,9 +178,9 @@ def run(args: argparse.Namespace) -> int:
     p_gray, sigma = preview_settings(args, recipe)
     original = data
     if recipe.grayscale or recipe.jpeg_quality is not None or not recipe.purification:
-        data, config = _offline_steps(recipe, data.materialised(), config)
+        data, config = _offline_steps(recipe, data, config)
     if not recipe.purification:
-        return _write_unpurified(args, data, original, p_gray, sigma)
+        return _write_unpurified(args, data.materialised(), original, p_gray, sigma)
     if _is_distributed(args):
         if args.device is not None:
             raise ValueError("--device selects the single-process path; with --devices/--num-nodes/--strategy "
@@ -206,13 +206,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _offline_steps(recipe: Recipe, data: LabelledImages, config: PurifyConfig) -> tuple[LabelledImages, PurifyConfig]:
     """A tuned recipe's steps before the diffusion (repair, grayscale, JPEG), in the order the selection
-    measured; the purifier then runs without its own repair."""
+    measured, applied where the purification reads each block (so each DDP rank runs them on its own
+    blocks only); the purifier then runs without its own repair."""
     from dataclasses import replace
 
-    from ..select.offline import recipe_before_purification
+    from ..select.offline import offline_steps_lazily
 
     before = replace(recipe, repair_threshold=config.repair_threshold)
-    return recipe_before_purification(before, data), replace(config, repair_threshold=None)
+    return offline_steps_lazily(before, data), replace(config, repair_threshold=None)
 
 
 def _write_unpurified(args: argparse.Namespace, data: LabelledImages, original: LabelledImages, p_gray: float,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 
@@ -54,13 +54,7 @@ class LabelledImages:
         """sha256 of the pixels, labels and class count: equal fingerprints mean equal datasets."""
         digest = hashlib.sha256()
         digest.update(repr((self.images.shape, self.num_classes)).encode())
-        if is_lazy(self.images):  # the source's own identity (a folder: its files), nothing decoded
-            self.images.update_digest(digest)
-            digest.update(self.labels.astype("<i8").tobytes())
-            return digest.hexdigest()
-        block = max(1, (64 << 20) // max(1, int(np.prod(self.images.shape[1:]))))  # ~64 MiB at a time
-        for start in range(0, len(self.images), block):  # streamed: a memory-mapped source stays on disk
-            digest.update(np.ascontiguousarray(self.images[start:start + block]).data)
+        update_digest_with_images(digest, self.images)
         digest.update(self.labels.astype("<i8").tobytes())
         return digest.hexdigest()
 
@@ -137,6 +131,17 @@ def grayscale_policy_image(image: np.ndarray, policy: GrayscalePolicy, where: st
     if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1):
         return _grayscale_to_rgb(image[None], policy, where=where)[0]
     return image
+
+
+def update_digest_with_images(digest: Any, images: Any) -> None:
+    """Feed ``images`` to ``digest`` (a hashlib object): a numpy array's pixels, streamed ~64 MiB at a time
+    (a memory-mapped source stays on disk), or a lazily decoded array's own identity (`is_lazy`)."""
+    if is_lazy(images):  # e.g. a folder: its files, nothing decoded
+        images.update_digest(digest)
+        return
+    block = max(1, (64 << 20) // max(1, int(np.prod(images.shape[1:]))))
+    for start in range(0, len(images), block):
+        digest.update(np.ascontiguousarray(images[start:start + block]).data)
 
 
 def is_lazy(images: object) -> bool:

@@ -31,6 +31,10 @@ def jpeg_pixels(images: np.ndarray, quality: int = 10) -> np.ndarray:
 
 def grayscale(data: LabelledImages) -> LabelledImages:
     """Replace every image by its luma (PIL's exact integer formula) in all three channels."""
-    chw = torch.from_numpy(data.images).permute(0, 3, 1, 2)
-    luma = luma_uint8(chw).expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().numpy()
-    return LabelledImages(luma, data.labels.copy(), data.num_classes)
+    return LabelledImages(grayscale_pixels(data.images), data.labels.copy(), data.num_classes)
+
+
+def grayscale_pixels(images: np.ndarray) -> np.ndarray:
+    """`grayscale` on bare uint8 NHWC pixels."""
+    chw = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    return luma_uint8(chw).expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().numpy()

@@ -13,7 +13,8 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from ..data.images import LabelledImages
-from ..evaluation.baselines import grayscale, jpeg
+from ..data.mapped_images import MappedImages
+from ..evaluation.baselines import grayscale, grayscale_pixels, jpeg, jpeg_pixels
 from ..purify.outliers import repair_isolated_pixels
 from ..recipes import DEFAULT_RECIPE, Recipe
 from .candidates import Candidate
@@ -96,16 +97,36 @@ def recipe_before_purification(recipe: Recipe, data: LabelledImages) -> Labelled
     """The offline steps a recipe runs before the diffusion: outlier repair (its threshold), grayscale, JPEG.
 
     A consumer that purifies with its own pipeline (``purify_dataset``) runs this first, then purifies
-    with repair off, which reproduces the order the selection measured.
+    with repair off, which reproduces the order the selection measured. Each image's result depends on
+    that image alone, so `pixels_before_purification` may run it block by block (`offline_steps_lazily`).
     """
+    return LabelledImages(pixels_before_purification(recipe, data.images), data.labels, data.num_classes)
+
+
+def pixels_before_purification(recipe: Recipe, images: np.ndarray) -> np.ndarray:
+    """`recipe_before_purification` on bare uint8 NHWC pixels."""
     if recipe.repair_threshold is not None:
-        data = LabelledImages(repair_isolated_pixels(data.images, recipe.repair_threshold)[0], data.labels,
-                              data.num_classes)
+        images = repair_isolated_pixels(images, recipe.repair_threshold)[0]
     if recipe.grayscale:
-        data = grayscale(data)
+        images = grayscale_pixels(images)
     if recipe.jpeg_quality is not None:
-        data = jpeg(data, quality=recipe.jpeg_quality)
-    return data
+        images = jpeg_pixels(images, quality=recipe.jpeg_quality)
+    return images
+
+
+def offline_steps_lazily(recipe: Recipe, data: LabelledImages) -> LabelledImages:
+    """``data`` with `recipe_before_purification`'s steps applied where its images are indexed (`MappedImages`):
+    a purification pass then runs them block by block, on the process that purifies the block."""
+    import functools
+
+    import torch
+    import torchvision
+
+    steps = (recipe.repair_threshold, recipe.grayscale, recipe.jpeg_quality)
+    description = (f"offline steps repair/grayscale/jpeg={steps} torch={torch.__version__} "
+                   f"torchvision={torchvision.__version__}")  # JPEG's bytes come from torchvision's libjpeg
+    mapped = MappedImages(data.images, functools.partial(pixels_before_purification, recipe), description)
+    return LabelledImages(mapped, data.labels, data.num_classes)
 
 
 def apply_recipe_offline(recipe: Recipe, data: LabelledImages, purify_fn: Optional[PurifyFn] = None) -> LabelledImages:

@@ -182,6 +182,31 @@ def test_recipe_offline_steps_match_the_candidate_path():
         apply_recipe_offline(DEFAULT_RECIPE, data)
 
 
+def test_offline_steps_run_lazily_block_by_block_give_the_same_pixels():
+    """`offline_steps_lazily` (what `purify` hands the purification pass) equals running the recipe's
+    steps up front, by any indexing; its cache key names the steps and the source's pixels."""
+    from dataclasses import replace
+
+    from eclipse_loader.data.mapped_images import MappedImages
+    from eclipse_loader.select.offline import offline_steps_lazily, recipe_before_purification
+
+    from .select_data import stripes
+
+    data = stripes(12, seed=0, size=32)
+    data.images[:, 5, 5] = (255, 0, 255)  # an outlier for the repair to find
+    recipe = replace(DEFAULT_RECIPE, grayscale=True, jpeg_quality=30)
+    whole = recipe_before_purification(recipe, data).images
+    lazy = offline_steps_lazily(recipe, data)
+    assert isinstance(lazy.images, MappedImages) and lazy.images.shape == whole.shape
+    np.testing.assert_array_equal(np.concatenate([lazy.images[a:a + 5] for a in range(0, 12, 5)]), whole)
+    np.testing.assert_array_equal(lazy.images[np.array([7, 2])], whole[[7, 2]])
+    np.testing.assert_array_equal(lazy.images[3], whole[3])
+    np.testing.assert_array_equal(lazy.materialised().images, whole)
+    assert not np.array_equal(whole, data.images)
+    keys = {lazy.fingerprint(), data.fingerprint(), offline_steps_lazily(replace(recipe, jpeg_quality=31), data).fingerprint()}
+    assert len(keys) == 3 and lazy.fingerprint() == offline_steps_lazily(recipe, data).fingerprint()
+
+
 def test_denoiser_purify_never_repairs_and_refuses_t_star_beyond_training(tmp_path):
     from eclipse_loader.denoiser.io import save_denoiser
     from eclipse_loader.denoiser.presets import build_scheduler, build_unet

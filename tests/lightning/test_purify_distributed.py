@@ -56,6 +56,13 @@ def recording_open_image(path):  # which process decodes which file of an image 
         f.write(f"{os.getpid()} {path}\\n")
     return open_image(path)
 decode.open_image = recording_open_image
+from eclipse_loader.select import offline
+offline_steps = offline.pixels_before_purification
+def recording_offline_steps(recipe, images):  # which process runs a recipe's offline steps on how many images
+    with open(record + ".offline", "a") as f:
+        f.write(f"{os.getpid()} {len(images)}\\n")
+    return offline_steps(recipe, images)
+offline.pixels_before_purification = recording_offline_steps
 if sys.argv[2] == "single":
     from eclipse_loader.storage.sources import load_source
     from eclipse_loader.purify.run import purify_dataset
@@ -200,6 +207,33 @@ def test_distributed_image_folder_each_rank_decodes_only_its_own_blocks(job, tmp
     a, b = (set(paths) for paths in decoded.values())
     assert not a & b and len(a | b) == N and len(a) == len(b) == N // 2, "each file decoded once, by its rank"
     assert len((tmp_path / "ddp.txt.hashed").read_text().split()) == 1
+
+
+@requires_ffcv
+@pytest.mark.slow
+def test_distributed_recipe_offline_steps_run_on_each_ranks_own_blocks(job, tmp_path):
+    """A tuned recipe's grayscale and JPEG run where each block is purified: every rank on its own blocks
+    (no rank on the whole source), with the same output as the single-process command."""
+    from dataclasses import replace
+
+    from eclipse_loader.recipes import DEFAULT_RECIPE, save_recipe
+
+    shutil.copy(job["tmp"] / "runner.py", tmp_path / "runner.py")
+    recipe = save_recipe(replace(DEFAULT_RECIPE, grayscale=True, jpeg_quality=30), tmp_path / "recipe.json")
+    args = ("--recipe", recipe)
+    single = _run(tmp_path, "single.txt", "purify", job["src"], job["den"], tmp_path / "single.npz", "--steps", STEPS,
+                  "--batch-size", BATCH, "--no-progress", *args, background=True)
+    _ddp_cli(tmp_path, "ddp.txt", job["src"], job["den"], tmp_path / "ddp.npz", "--work-dir", tmp_path / "shards", *args)
+    out, _ = single.communicate(timeout=300)
+    assert single.returncode == 0, out[-3000:]
+    assert np.load(tmp_path / "single.npz")["images"].tobytes() == np.load(tmp_path / "ddp.npz")["images"].tobytes()
+    by_pid: dict[int, int] = {}
+    for line in (tmp_path / "ddp.txt.offline").read_text().splitlines():
+        pid, count = map(int, line.split())
+        by_pid[pid] = by_pid.get(pid, 0) + count
+    assert set(by_pid) == set(_records(tmp_path / "ddp.txt")) and sorted(by_pid.values()) == [N // 2, N // 2]
+    images = np.load(tmp_path / "ddp.npz")["images"]
+    assert (images != np.load(job["tmp"] / "single.npz")["images"]).mean() > 0.1, "the recipe's steps changed the output"
 
 
 @requires_ffcv
