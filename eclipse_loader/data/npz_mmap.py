@@ -2,7 +2,9 @@
 
 ``np.load(..., mmap_mode="r")`` maps ``.npy`` files only; an ``.npz`` is a zip archive whose members
 ``np.savez`` stores without compression, so a member's bytes lie contiguously in the file and can be
-mapped directly. Compressed members (``np.savez_compressed``) cannot: they are read into memory.
+mapped directly. Compressed members (``np.savez_compressed``) cannot be mapped: `unpack_npz_member`
+inflates one as a stream into an array mapped from an unnamed temporary file (`disk_backed_array`), so it
+costs page cache rather than process memory.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import zipfile
 from typing import Optional, Union
 
 import numpy as np
+
+from .disk_array import disk_backed_array
 
 PathLike = Union[str, os.PathLike]
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # the zip local file header before a member's name
@@ -48,3 +52,27 @@ def mmap_npz_member(path: PathLike, key: str) -> Optional[np.ndarray]:
     if int(np.prod(shape)) == 0:
         return np.zeros(shape, dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=data_start, shape=tuple(shape), order="C")
+
+
+def unpack_npz_member(path: PathLike, key: str, chunk_bytes: int = 16 << 20) -> Optional[np.ndarray]:
+    """Array ``key`` of the ``.npz`` at ``path`` inflated, ``chunk_bytes`` at a time, into a `disk_backed_array`;
+    ``None`` when it is not a plain C-order array of fixed-size items (the caller then reads it as numpy does)."""
+    with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            return None
+        if dtype.hasobject or fortran:
+            return None
+        array = disk_backed_array(tuple(shape), dtype)
+        target = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+        filled = 0
+        while filled < len(target):
+            count = member.readinto(target[filled:filled + chunk_bytes])
+            if not count:
+                raise EOFError(f"{key}.npy ends after {filled} of {len(target)} bytes")
+            filled += count
+    return array

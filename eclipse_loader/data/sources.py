@@ -19,7 +19,7 @@ from .disk_array import disk_backed_array
 from .folder_images import FolderImages
 from .folder_index import FolderIndex
 from .images import GrayscalePolicy, InvalidInputError, LabelledImages, as_labelled_images
-from .npz_mmap import mmap_npz_member
+from .npz_mmap import mmap_npz_member, unpack_npz_member
 
 PathLike = Union[str, os.PathLike]
 SOURCE_SPEC_HELP = (
@@ -53,7 +53,8 @@ def from_npz(
 
     With ``mmap`` (default) images stored uncompressed (``np.savez``) are memory-mapped read-only
     instead of read, so purifying a large source holds only the batches in flight; compressed
-    archives (``np.savez_compressed``) are read into memory.
+    archives (``np.savez_compressed``) are inflated as a stream into an array mapped from an unnamed
+    temporary file (page cache, not process memory; every DDP rank inflates its own copy).
     """
     path = Path(path)
     if not path.exists():
@@ -80,6 +81,8 @@ def from_npz(
             labels = archive[labels_key]
             # uncompressed members are mapped, not read: a 200k-image source costs no memory up front
             images = mmap_npz_member(path, images_key) if mmap else None
+            if images is None and mmap:  # compressed: inflated into page cache, not process memory
+                images = unpack_npz_member(path, images_key)
             if images is None:
                 images = archive[images_key]
     except InvalidInputError:

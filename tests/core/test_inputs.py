@@ -242,3 +242,19 @@ def test_lazy_image_folder_refuses_a_bad_file_by_its_header_before_any_decode(tm
     data.fingerprint()
     with pytest.raises(InvalidInputError, match=f"cannot read sample .*{odd.name}"):
         data.images[:]
+
+
+def test_compressed_npz_is_inflated_into_a_disk_backed_array_not_memory(tmp_path, cifar):
+    """``np.savez_compressed`` members cannot be mapped: they are inflated as a stream into an unnamed
+    temporary file's mapping (the same pixels as numpy reads); a damaged member is one clear error."""
+    images, labels = cifar["train_x"][:40], cifar["train_y"][:40]
+    np.savez_compressed(tmp_path / "c.npz", images=images, labels=labels)
+    data = from_npz(tmp_path / "c.npz")
+    assert isinstance(data.images, np.memmap) or isinstance(data.images.base, np.memmap)
+    np.testing.assert_array_equal(data.images, images)
+    np.testing.assert_array_equal(data.labels, labels)
+    raw = (tmp_path / "c.npz").read_bytes()
+    start = raw.index(b"images.npy") + 200  # inside the compressed pixels
+    (tmp_path / "bad.npz").write_bytes(raw[:start] + bytes(64) + raw[start + 64:])
+    with pytest.raises(InvalidInputError, match="bad.npz is not a readable .npz"):
+        from_npz(tmp_path / "bad.npz")
