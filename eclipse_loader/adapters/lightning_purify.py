@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Sequence, Union
@@ -201,13 +202,11 @@ class ShardWriter(BasePredictionWriter):
 
 
 def _portable(error: Optional[BaseException]) -> Optional[BaseException]:
-    """``error`` as an object every rank can unpickle: itself when it is a plain built-in or eclipse-loader
-    error with one message, else a RuntimeError carrying its type and message."""
+    """``error`` as an object every rank can unpickle: itself when it survives pickling with its type and
+    message, else a RuntimeError carrying both as text."""
     if error is None:
         return None
     try:
-        import pickle
-
         copy = pickle.loads(pickle.dumps(error))
         if type(copy) is type(error) and str(copy) == str(error):
             return error

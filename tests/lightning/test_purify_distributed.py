@@ -356,3 +356,17 @@ def test_distributed_planning_error_on_rank_zero_is_raised_on_every_rank(tmp_pat
     one = _shard_blocks(_FakeTrainer(1, 2, rank_zero_sends=zero.trainer.sent[0]), planner)
     with pytest.raises(WorkDirMismatchError, match="holds shards of another job"):
         one.setup("predict")
+
+
+def test_a_rank_failure_is_sent_to_the_other_ranks_as_itself_or_as_its_text():
+    from eclipse_loader.adapters.lightning_purify import _portable
+    from eclipse_loader.data.images import InvalidInputError
+
+    damaged = InvalidInputError("cannot read sample 10 (/data/c0/020.png): OSError: image file is truncated")
+    assert _portable(damaged) is damaged and _portable(None) is None
+
+    class LocalError(Exception):  # defined in a function: pickle cannot find it on another rank
+        pass
+
+    sent = _portable(LocalError("the U-Net blew up"))
+    assert type(sent) is RuntimeError and str(sent) == "LocalError: the U-Net blew up"
