@@ -46,7 +46,9 @@ class FolderImages:
             raise InvalidInputError(f"the image folder {index.root} is empty")
         self.index, self.grayscale = index, grayscale
         self.resize = None if resize is None else (int(resize[0]), int(resize[1]))
-        self.shape = (len(index),) + (self.resize or self._header_size(0)) + (3,)
+        with open(index.path(0), "rb") as handle:
+            first = self._check_header(0, handle, expected_size=None)
+        self.shape = (len(index),) + (self.resize or first) + (3,)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -82,7 +84,7 @@ class FolderImages:
         for position in range(len(self)):
             with open(self.index.path(position), "rb") as handle:
                 content = handle.read()
-            self._check_header(position, io.BytesIO(content))
+            self._check_header(position, io.BytesIO(content), None if self.resize else self.shape[1:3])
             name = self.index.relative_paths[position]
             digest.update(len(name).to_bytes(8, "little") + name + len(content).to_bytes(8, "little"))
             digest.update(content)
@@ -90,12 +92,9 @@ class FolderImages:
     def _where(self, position: int) -> str:
         return f"sample {position} ({self.index.path(position)})"
 
-    def _header_size(self, position: int) -> tuple[int, int]:
-        with open(self.index.path(position), "rb") as handle:
-            return self._check_header(position, handle)
-
-    def _check_header(self, position: int, handle: Any) -> tuple[int, int]:
-        """``(H, W)`` of file ``position`` from its header; refuses what the decode would refuse by size or mode."""
+    def _check_header(self, position: int, handle: Any, expected_size: Optional[tuple[int, int]]) -> tuple[int, int]:
+        """``(H, W)`` of file ``position`` from its header; refuses a grayscale mode (unless converted) and a
+        size other than ``expected_size`` (None: any size), as the decode would."""
         import PIL.Image
 
         try:
@@ -106,9 +105,9 @@ class FolderImages:
             raise InvalidInputError(f"cannot read {self._where(position)}: {type(error).__name__}: {error}") from None
         if mode in _GRAYSCALE_MODES and self.grayscale == "refuse":
             raise InvalidInputError(f"{self._where(position)} is a grayscale image (mode {mode}); pass grayscale='convert'")
-        if self.resize is None and hasattr(self, "shape") and (height, width) != self.shape[1:3]:
+        if expected_size is not None and (height, width) != tuple(expected_size):
             raise InvalidInputError(f"{self._where(position)} has size {(height, width)} but sample 0 has "
-                                    f"{self.shape[1:3]}: a raw beton needs equal sizes; pass resize=(H, W)")
+                                    f"{tuple(expected_size)}: a raw beton needs equal sizes; pass resize=(H, W)")
         return height, width
 
     def _decode(self, position: int) -> np.ndarray:
