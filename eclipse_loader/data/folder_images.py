@@ -19,26 +19,22 @@ import numpy as np
 
 from . import decode
 from .folder_index import FolderIndex
-from .images import GrayscalePolicy, InvalidInputError
+from .images import GrayscalePolicy, InvalidInputError, LazyImages
 
 _GRAYSCALE_MODES = ("L", "LA", "I", "I;16", "F", "1")
 
 
-class FolderImages:
+class FolderImages(LazyImages):
     """A read-only, lazily decoded uint8 NHWC array over the files of a `FolderIndex`.
 
-    Supports what the purification pass uses of a numpy array: ``shape``, ``dtype``, ``ndim``,
-    ``nbytes``, ``len()``, and indexing by an integer, a slice or an integer array (each returns a
-    decoded numpy array); ``np.asarray`` decodes every file.
+    Indexing by an integer, a slice or an integer array decodes those files (`LazyImages` gives the rest
+    of the array surface); ``np.asarray`` decodes every file.
 
     Args:
         index: the folder's files and labels.
         grayscale: ``"refuse"`` grayscale files or ``"convert"`` them (as `from_image_folder`).
         resize: ``(H, W)`` every image is resized to (PIL bicubic); None: all must share file 0's size.
     """
-
-    dtype = np.dtype(np.uint8)
-    ndim = 4
 
     def __init__(self, index: FolderIndex, grayscale: GrayscalePolicy = "refuse",
                  resize: Optional[tuple[int, int]] = None) -> None:
@@ -49,13 +45,6 @@ class FolderImages:
         with open(index.path(0), "rb") as handle:
             first = self._check_header(0, handle, expected_size=None)
         self.shape = (len(index),) + (self.resize or first) + (3,)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, (int, np.integer)):
@@ -70,10 +59,6 @@ class FolderImages:
         for k, position in enumerate(positions):
             out[k] = self._decode(int(position))
         return out
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        images = self[:]
-        return images if dtype is None else images.astype(dtype)
 
     def update_digest(self, digest: Any) -> None:
         """Feed the source's identity to ``digest`` (a hashlib object): decode settings, Pillow's version,

@@ -66,7 +66,7 @@ class LabelledImages:
         from .disk_array import disk_backed_array
 
         images = disk_backed_array(tuple(self.images.shape))
-        block = max(1, (64 << 20) // max(1, int(np.prod(self.images.shape[1:]))))
+        block = _images_per_64_mib(images.shape)
         for start in range(0, len(images), block):
             images[start:start + block] = self.images[start:start + block]
         return LabelledImages(images, self.labels, self.num_classes)
@@ -139,14 +139,50 @@ def update_digest_with_images(digest: Any, images: Any) -> None:
     if is_lazy(images):  # e.g. a folder: its files, nothing decoded
         images.update_digest(digest)
         return
-    block = max(1, (64 << 20) // max(1, int(np.prod(images.shape[1:]))))
+    block = _images_per_64_mib(images.shape)
     for start in range(0, len(images), block):
         digest.update(np.ascontiguousarray(images[start:start + block]).data)
 
 
+def _images_per_64_mib(shape: tuple[int, ...]) -> int:
+    """How many uint8 images of ``shape[1:]`` make about 64 MiB (at least one): the block of a streamed pass."""
+    return max(1, (64 << 20) // max(1, int(np.prod(shape[1:]))))
+
+
+class LazyImages:
+    """Base of the uint8 NHWC arrays read on demand (`FolderImages`, `MappedImages`).
+
+    Subclasses set ``shape`` and define ``__getitem__`` (an integer, a slice or a 1-D integer array, each
+    returning numpy pixels) and ``update_digest`` (the source's identity, for the cache key). This gives them
+    what the purification pass uses of a numpy array besides: ``dtype``, ``ndim``, ``nbytes``, ``len()``,
+    and ``np.asarray`` (every image read).
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+    shape: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        images = self[:]
+        return images if dtype is None else images.astype(dtype)
+
+    def update_digest(self, digest: Any) -> None:
+        raise NotImplementedError
+
+
 def is_lazy(images: object) -> bool:
-    """Whether ``images`` is decoded on demand (it names its source to hashes itself) rather than a numpy array."""
-    return not isinstance(images, np.ndarray) and callable(getattr(images, "update_digest", None))
+    """Whether ``images`` is read on demand (a `LazyImages`) rather than a numpy array."""
+    return isinstance(images, LazyImages)
 
 
 def validate_images(images: np.ndarray) -> None:

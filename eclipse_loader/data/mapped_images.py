@@ -10,15 +10,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .images import update_digest_with_images
+from .images import LazyImages, update_digest_with_images
 
 PixelMap = Callable[[np.ndarray], np.ndarray]
 """``fn(uint8 NHWC block) -> uint8 NHWC block`` of the same shape; each output image depends on its input image alone."""
 
 
-class MappedImages:
-    """``fn`` applied to ``base`` where indexed, as a read-only uint8 NHWC array (see `FolderImages` for the
-    array surface it offers).
+class MappedImages(LazyImages):
+    """``fn`` applied to ``base`` where indexed, as a read-only uint8 NHWC array (`LazyImages`).
 
     Args:
         base: a numpy array or another lazily read array.
@@ -26,19 +25,9 @@ class MappedImages:
         description: names ``fn`` and its settings (and versions of the code whose output it fixes) in the cache key.
     """
 
-    dtype = np.dtype(np.uint8)
-    ndim = 4
-
     def __init__(self, base: Any, fn: PixelMap, description: str) -> None:
         self.base, self.fn, self.description = base, fn, description
         self.shape = tuple(base.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
 
     def __getitem__(self, key: Any) -> np.ndarray:
         single = isinstance(key, (int, np.integer))
@@ -47,10 +36,6 @@ class MappedImages:
         if out.shape != (1,) * single + block.shape or out.dtype != np.uint8:
             raise ValueError(f"{self.description}: returned {out.dtype} {out.shape} for a block of {block.shape}")
         return out[0] if single else out
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        images = self[:]
-        return images if dtype is None else images.astype(dtype)
 
     def update_digest(self, digest: Any) -> None:
         """Feed ``digest`` the function's description, then the base's pixels or identity."""

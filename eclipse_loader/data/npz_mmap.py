@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -39,13 +39,10 @@ def mmap_npz_member(path: PathLike, key: str) -> Optional[np.ndarray]:
         name_length, extra_length = header[9], header[10]
         member_start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
         handle.seek(member_start)
-        version = np.lib.format.read_magic(handle)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-        else:
+        header = _read_npy_header(handle)
+        if header is None:
             return None
+        shape, fortran, dtype = header
         data_start = handle.tell()
     if dtype.hasobject or fortran or data_start + int(np.prod(shape)) * dtype.itemsize > os.path.getsize(path):
         return None
@@ -58,13 +55,10 @@ def unpack_npz_member(path: PathLike, key: str, chunk_bytes: int = 16 << 20) -> 
     """Array ``key`` of the ``.npz`` at ``path`` inflated, ``chunk_bytes`` at a time, into a `disk_backed_array`;
     ``None`` when it is not a plain C-order array of fixed-size items (the caller then reads it as numpy does)."""
     with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member:
-        version = np.lib.format.read_magic(member)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
-        else:
+        header = _read_npy_header(member)
+        if header is None:
             return None
+        shape, fortran, dtype = header
         if dtype.hasobject or fortran:
             return None
         array = disk_backed_array(tuple(shape), dtype)
@@ -76,3 +70,14 @@ def unpack_npz_member(path: PathLike, key: str, chunk_bytes: int = 16 << 20) -> 
                 raise EOFError(f"{key}.npy ends after {filled} of {len(target)} bytes")
             filled += count
     return array
+
+
+def _read_npy_header(handle: Any) -> Optional[tuple[tuple[int, ...], bool, np.dtype]]:
+    """``(shape, fortran_order, dtype)`` from the ``.npy`` header at ``handle``'s position (left just after it);
+    ``None`` for a format version numpy's readers do not know."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(handle)
+    if version in ((2, 0), (3, 0)):
+        return np.lib.format.read_array_header_2_0(handle)
+    return None
