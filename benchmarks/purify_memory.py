@@ -1,9 +1,10 @@
 """Peak memory of `eclipse-loader purify` against the dataset size (issue 16, item 4).
 
-    python benchmarks/purify_memory.py --sizes 10000,50000,200000 [--steps 1] [--source npz|folder] [--ranks 2]
+    python benchmarks/purify_memory.py --sizes 10000,50000,200000 [--steps 1] [--source npz|npz-compressed|folder] [--ranks 2]
 
 For each size, a CIFAR-shaped source is made by tiling the embedded sample into an uncompressed
-``.npz`` (memory-mapped by the reader) or, with ``--source folder``, into an image folder of PNGs (which
+``.npz`` (memory-mapped by the reader), with ``--source npz-compressed`` into an ``np.savez_compressed``
+archive (inflated where each block is read, `InflatedNpzImages`) or, with ``--source folder``, into an image folder of PNGs (which
 `purify` decodes block by block, on the rank that purifies the block), a tiny-preset denoiser is saved, and the purify command runs
 in a subprocess whose process tree (the command and FFCV's writer processes) is sampled every
 0.1 s from /proc/PID/smaps_rollup: the peak of the summed PSS, and of its anonymous part (Pss_Anon:
@@ -64,9 +65,9 @@ def _write_source(n: int, kind: str, work: Path) -> tuple[str, Path]:
     sample = load_embedded("train")
     reps = -(-n // len(sample))
     images, labels = np.tile(sample.images, (reps, 1, 1, 1))[:n], np.tile(sample.labels, reps)[:n]
-    if kind == "npz":
+    if kind in ("npz", "npz-compressed"):
         source = work / f"source-{n}.npz"
-        np.savez(source, images=images, labels=labels)
+        (np.savez if kind == "npz" else np.savez_compressed)(source, images=images, labels=labels)
         return f"npz:{source}", source
     import PIL.Image
 
@@ -123,9 +124,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,50000,200000")
     parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--source", choices=("npz", "folder"), default="npz")
+    parser.add_argument("--source", choices=("npz", "npz-compressed", "folder"), default="npz")
     parser.add_argument("--ranks", type=int, default=1, help="DDP ranks on the CPU (gloo); 1: the single-process pass")
-    parser.add_argument("--out", default=None, help="default results/purify-memory[-folder][-Nranks]-<date>.json")
+    parser.add_argument("--out", default=None, help="default results/purify-memory[-SOURCE][-Nranks]-<date>.json")
     args = parser.parse_args()
     suffix = ("" if args.source == "npz" else f"-{args.source}") + ("" if args.ranks == 1 else f"-{args.ranks}ranks")
     args.out = args.out or str(RESULTS / f"purify-memory{suffix}-{datetime.date.today()}.json")

@@ -92,11 +92,13 @@ def as_labelled_images(
         num_classes: defaults to ``max(labels) + 1``.
         grayscale: ``"refuse"`` (default) or ``"convert"``.
 
+    Images read on demand (`is_lazy`) are kept as they are: nothing is read to validate them.
+
     Raises:
         InvalidInputError: wrong dtype, wrong rank, wrong channel count, non-integer or negative
             labels, a label ``>= num_classes``, or a length mismatch.
     """
-    images = np.asarray(images)
+    images = images if is_lazy(images) else np.asarray(images)
     labels = np.asarray(labels)
     if images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 1):
         images = _grayscale_to_rgb(images, grayscale, where="images")
@@ -110,7 +112,7 @@ def as_labelled_images(
                 f"label at index {i} is {labels[i]}, which would mean {num_classes:,} classes; labels must be class "
                 f"ids 0..N-1: if that many classes is meant, pass num_classes (--num-classes) explicitly")
     validate_labels(labels, len(images), num_classes)
-    return LabelledImages(np.ascontiguousarray(images), labels, int(num_classes))
+    return LabelledImages(images if is_lazy(images) else np.ascontiguousarray(images), labels, int(num_classes))
 
 
 def _grayscale_to_rgb(images: np.ndarray, policy: GrayscalePolicy, where: str) -> np.ndarray:
@@ -150,7 +152,7 @@ def _images_per_64_mib(shape: tuple[int, ...]) -> int:
 
 
 class LazyImages:
-    """Base of the uint8 NHWC arrays read on demand (`FolderImages`, `MappedImages`).
+    """Base of the uint8 NHWC arrays read on demand (`FolderImages`, `MappedImages`, `InflatedNpzImages`).
 
     Subclasses set ``shape`` and define ``__getitem__`` (an integer, a slice or a 1-D integer array, each
     returning numpy pixels) and ``update_digest`` (the source's identity, for the cache key). This gives them

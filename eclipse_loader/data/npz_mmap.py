@@ -39,7 +39,7 @@ def mmap_npz_member(path: PathLike, key: str) -> Optional[np.ndarray]:
         name_length, extra_length = header[9], header[10]
         member_start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
         handle.seek(member_start)
-        header = _read_npy_header(handle)
+        header = read_npy_header(handle)
         if header is None:
             return None
         shape, fortran, dtype = header
@@ -55,7 +55,7 @@ def unpack_npz_member(path: PathLike, key: str, chunk_bytes: int = 16 << 20) -> 
     """Array ``key`` of the ``.npz`` at ``path`` inflated, ``chunk_bytes`` at a time, into a `disk_backed_array`;
     ``None`` when it is not a plain C-order array of fixed-size items (the caller then reads it as numpy does)."""
     with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member:
-        header = _read_npy_header(member)
+        header = read_npy_header(member)
         if header is None:
             return None
         shape, fortran, dtype = header
@@ -72,7 +72,7 @@ def unpack_npz_member(path: PathLike, key: str, chunk_bytes: int = 16 << 20) -> 
     return array
 
 
-def _read_npy_header(handle: Any) -> Optional[tuple[tuple[int, ...], bool, np.dtype]]:
+def read_npy_header(handle: Any) -> Optional[tuple[tuple[int, ...], bool, np.dtype]]:
     """``(shape, fortran_order, dtype)`` from the ``.npy`` header at ``handle``'s position (left just after it);
     ``None`` for a format version numpy's readers do not know."""
     version = np.lib.format.read_magic(handle)

@@ -18,6 +18,7 @@ from .decode import open_image, to_hwc_uint8
 from .disk_array import disk_backed_array
 from .folder_images import FolderImages
 from .folder_index import FolderIndex
+from .inflated_npz_images import InflatedNpzImages
 from .images import GrayscalePolicy, InvalidInputError, LabelledImages, as_labelled_images
 from .npz_mmap import mmap_npz_member, unpack_npz_member
 
@@ -48,13 +49,16 @@ def from_npz(
     grayscale: GrayscalePolicy = "refuse",
     num_classes: Optional[int] = None,
     mmap: bool = True,
+    lazy: bool = False,
 ) -> LabelledImages:
     """Load NHWC uint8 images and labels from an ``.npz`` (keys guessed from `NPZ_KEY_PAIRS` if not given).
 
     With ``mmap`` (default) images stored uncompressed (``np.savez``) are memory-mapped read-only
     instead of read, so purifying a large source holds only the batches in flight; compressed
     archives (``np.savez_compressed``) are inflated as a stream into an array mapped from an unnamed
-    temporary file (page cache, not process memory; every DDP rank inflates its own copy).
+    temporary file (page cache, not process memory). With ``lazy`` as well, compressed images stay in the
+    archive and are inflated where they are read (`InflatedNpzImages`: what purification uses, reading its
+    blocks in order, so each DDP rank keeps only its own blocks and nothing is copied to disk).
     """
     path = Path(path)
     if not path.exists():
@@ -81,6 +85,8 @@ def from_npz(
             labels = archive[labels_key]
             # uncompressed members are mapped, not read: a 200k-image source costs no memory up front
             images = mmap_npz_member(path, images_key) if mmap else None
+            if images is None and mmap and lazy:
+                images = InflatedNpzImages.open(path, images_key)
             if images is None and mmap:  # compressed: inflated into page cache, not process memory
                 images = unpack_npz_member(path, images_key)
             if images is None:
@@ -218,8 +224,8 @@ def load_source(
         ``PATH.npz`` / ``PATH.beton``        shorthand for npz: / an existing beton
 
     ``num_classes`` bounds the labels (default: the dataset's class list, else ``max(label) + 1``).
-    With ``lazy`` an image folder is decoded on demand (`FolderImages`); other sources are unaffected
-    (an uncompressed ``.npz`` is memory-mapped anyway). A path may start with ``~`` (``npz:~/data.npz``): the shell expands it only at the start of a word.
+    With ``lazy`` an image folder is decoded on demand (`FolderImages`) and a compressed ``.npz`` inflated
+    where read (`InflatedNpzImages`); other sources are unaffected (an uncompressed ``.npz`` is memory-mapped anyway). A path may start with ``~`` (``npz:~/data.npz``): the shell expands it only at the start of a word.
     """
     kind, _, rest = spec.partition(":")
     if not rest and spec.endswith(".npz"):
@@ -230,7 +236,7 @@ def load_source(
     if kind != "embedded":
         rest = os.path.expanduser(rest)
     if kind in ("embedded", "npz", "beton") or kind in _READERS:
-        data = _load_arrays(kind, rest, grayscale, num_classes)
+        data = _load_arrays(kind, rest, grayscale, num_classes, lazy)
         return data if resize is None else resize_images(data, resize)
     if kind in ("cifar10", "cifar100", "svhn"):
         return from_torchvision(_torchvision_dataset(kind, rest), grayscale, resize, num_classes)
@@ -242,7 +248,8 @@ def load_source(
     )
 
 
-def _load_arrays(kind: str, rest: str, grayscale: GrayscalePolicy, num_classes: Optional[int]) -> LabelledImages:
+def _load_arrays(kind: str, rest: str, grayscale: GrayscalePolicy, num_classes: Optional[int],
+                 lazy: bool = False) -> LabelledImages:
     if kind == "embedded":
         from .embedded import load_embedded
 
@@ -250,7 +257,7 @@ def _load_arrays(kind: str, rest: str, grayscale: GrayscalePolicy, num_classes: 
     if kind == "npz":
         parts = rest.split(":")
         keys = parts[1:3] if len(parts) >= 3 else [None, None]
-        return from_npz(parts[0], keys[0], keys[1], grayscale, num_classes)
+        return from_npz(parts[0], keys[0], keys[1], grayscale, num_classes, lazy=lazy)
     if kind not in _READERS:  # the storage layer registers "beton" when it is imported
         raise ValueError(f"{kind} sources are read by eclipse_loader.storage: use eclipse_loader.load_source "
                          "(or import eclipse_loader.storage first)")

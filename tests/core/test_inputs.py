@@ -258,3 +258,48 @@ def test_compressed_npz_is_inflated_into_a_disk_backed_array_not_memory(tmp_path
     (tmp_path / "bad.npz").write_bytes(raw[:start] + bytes(64) + raw[start + 64:])
     with pytest.raises(InvalidInputError, match="bad.npz is not a readable .npz"):
         from_npz(tmp_path / "bad.npz")
+
+
+def test_lazy_compressed_npz_is_inflated_where_read_without_a_disk_copy(tmp_path, cifar, monkeypatch):
+    """With ``lazy`` (what purification uses) a compressed member stays in the archive: reads in any order, by
+    integer, slice or index array, equal numpy's; the cache key equals the eager copy's; nothing goes to disk;
+    a pickled copy (a DataLoader worker) reads the same pixels."""
+    import pickle
+
+    import eclipse_loader.data.sources as sources
+    from eclipse_loader.data.inflated_npz_images import InflatedNpzImages
+
+    images, labels = cifar["train_x"][:40], cifar["train_y"][:40]
+    np.savez_compressed(tmp_path / "c.npz", images=images, labels=labels)
+    eager = from_npz(tmp_path / "c.npz")
+    monkeypatch.setattr(sources, "unpack_npz_member", lambda *a, **k: pytest.fail("inflated to disk"))
+    lazy = load_source(f"npz:{tmp_path / 'c.npz'}", lazy=True)
+    assert isinstance(lazy.images, InflatedNpzImages) and lazy.images.shape == images.shape
+    np.testing.assert_array_equal(lazy.images[30:35], images[30:35])
+    np.testing.assert_array_equal(lazy.images[3], images[3])  # behind the stream: it starts again
+    np.testing.assert_array_equal(lazy.images[-1], images[-1])
+    np.testing.assert_array_equal(lazy.images[1:20:3], images[1:20:3])
+    picked = np.array([9, 2, 3, 4, 2, 39, 0])
+    np.testing.assert_array_equal(lazy.images[picked], images[picked])
+    np.testing.assert_array_equal(np.asarray(lazy.images), images)
+    np.testing.assert_array_equal(lazy.labels, labels)
+    assert lazy.fingerprint() == eager.fingerprint()
+    copy = pickle.loads(pickle.dumps(lazy.images))
+    np.testing.assert_array_equal(copy[10:12], images[10:12])
+    with pytest.raises(IndexError):
+        lazy.images[40]
+    lazy.images.close()
+
+
+def test_lazy_compressed_npz_names_the_file_when_its_stream_is_damaged(tmp_path, cifar):
+    """A damaged member fails the streamed hash (the cache key, before purification) and a read of its block,
+    each with one error naming the file."""
+    np.savez_compressed(tmp_path / "c.npz", images=cifar["train_x"][:40], labels=cifar["train_y"][:40])
+    raw = (tmp_path / "c.npz").read_bytes()
+    start = raw.index(b"images.npy") + 2000  # well inside the compressed pixels, past the .npy header
+    (tmp_path / "bad.npz").write_bytes(raw[:start] + bytes(64) + raw[start + 64:])
+    data = from_npz(tmp_path / "bad.npz", lazy=True)
+    with pytest.raises(InvalidInputError, match="bad.npz: cannot inflate 'images'"):
+        data.fingerprint()
+    with pytest.raises(InvalidInputError, match="bad.npz: cannot inflate images"):
+        data.images[:]

@@ -56,6 +56,13 @@ def recording_open_image(path):  # which process decodes which file of an image 
         f.write(f"{os.getpid()} {path}\\n")
     return open_image(path)
 decode.open_image = recording_open_image
+from eclipse_loader.data import sources
+unpack_npz_member = sources.unpack_npz_member
+def recording_unpack(path, key, *args, **kwargs):  # which process inflates a compressed npz into a disk copy
+    with open(record + ".unpacked", "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    return unpack_npz_member(path, key, *args, **kwargs)
+sources.unpack_npz_member = recording_unpack
 from eclipse_loader.select import offline
 offline_steps = offline.pixels_before_purification
 def recording_offline_steps(recipe, images):  # which process runs a recipe's offline steps on how many images
@@ -207,6 +214,22 @@ def test_distributed_image_folder_each_rank_decodes_only_its_own_blocks(job, tmp
     a, b = (set(paths) for paths in decoded.values())
     assert not a & b and len(a | b) == N and len(a) == len(b) == N // 2, "each file decoded once, by its rank"
     assert len((tmp_path / "ddp.txt.hashed").read_text().split()) == 1
+
+
+@requires_ffcv
+@pytest.mark.slow
+def test_distributed_compressed_npz_is_inflated_where_read_not_copied_by_every_rank(job, tmp_path, cifar):
+    """An ``np.savez_compressed`` source is not inflated into a disk copy by any rank: each reads its blocks
+    from the archive's stream, and the output equals the single-process run on the uncompressed source."""
+    shutil.copy(job["tmp"] / "runner.py", tmp_path / "runner.py")
+    np.savez_compressed(tmp_path / "in.npz", images=cifar["train_x"][:N], labels=cifar["train_y"][:N])
+    _ddp_cli(tmp_path, "ddp.txt", f"npz:{tmp_path / 'in.npz'}", job["den"], tmp_path / "ddp.npz",
+             "--work-dir", tmp_path / "shards")
+    single, ddp = np.load(job["tmp"] / "single.npz"), np.load(tmp_path / "ddp.npz")
+    assert single["images"].tobytes() == ddp["images"].tobytes()
+    np.testing.assert_array_equal(single["labels"], ddp["labels"])
+    assert len(_records(tmp_path / "ddp.txt")) == 2, "both ranks purified"
+    assert not (tmp_path / "ddp.txt.unpacked").exists(), "no rank made an inflated copy"
 
 
 @requires_ffcv
