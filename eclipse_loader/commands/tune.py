@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-per-class", type=int, default=10, help="fewest validation images per class accepted")
     parser.add_argument("--max-validation", type=int, default=2000, help="most validation images (class balanced)")
     parser.add_argument("--tie-break", choices=TIE_BREAKS, default="lighter",
-                        help="lighter: a lighter candidate within the noise of the best wins; best: the best wins")
+                        help="lighter: a lighter candidate within 1 point of the best (and its paired interval) wins; "
+                             "best: the best wins")
     parser.add_argument("--device", default="cpu", help="device of the purification (the proxy runs on CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

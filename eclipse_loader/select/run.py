@@ -134,11 +134,14 @@ def select_defense(train: LabelledImages, trusted: LabelledImages, purify_fn: Op
         proxy: the proxy's size; ``budget_minutes`` may shrink it (`eclipse_loader.select.budget`).
         denoiser_images: images the denoiser was trained on; they are kept out of validation.
         min_per_class, max_validation: validation-set limits (too few -> ValueError).
-        min_gain, tie_points: the choice rule's margins (`eclipse_loader.select.stats`); both are raised to
-            the measured training noise: the largest accuracy gap between ``none`` trained with ``seed``
-            and with each of ``noise_seeds`` other seeds.
-        tie_break: ``"lighter"``: a lighter candidate within the noise of the best wins; ``"best"``: the best
-            wins (`eclipse_loader.select.stats.choose`). The candidates' proxy runs do not depend on it, so
+        min_gain: how far a candidate must beat ``none`` (`eclipse_loader.select.stats`), raised to the measured
+            training noise: the largest accuracy gap between ``none`` trained with ``seed`` and with each of
+            ``noise_seeds`` other seeds.
+        tie_points: how close to the best a lighter candidate must be to win the tie (default 1 point). It is not
+            raised to the training noise: on the cpu-quick table a tie band that wide (6-8 points on TAP, AR,
+            OPS) let candidates 2-3 proxy points below the best win, and they cost the victim up to 17 points.
+        tie_break: ``"lighter"``: a lighter candidate tied with the best (within ``tie_points`` and the paired
+            interval) wins; ``"best"``: the best wins (`eclipse_loader.select.stats.choose`). The candidates' proxy runs do not depend on it, so
             the cache serves both.
         try_trusted_mix: also score the chosen defence trained with trusted images mixed in.
         progress: called as ``progress(done, total, name)`` after each candidate.
@@ -191,7 +194,7 @@ def select_defense(train: LabelledImages, trusted: LabelledImages, purify_fn: Op
     seed_noise = max([abs(a - base_accuracy) for a in noise_runs], default=0.0)  # type: ignore[operator]
     scored = [r for r in results if r.status == "done"]
     decision = choose([r.name for r in scored], [r.weight for r in scored], [r.correct for r in scored],
-                      min_gain=max(min_gain, seed_noise), tie_points=max(tie_points, seed_noise), tie_break=tie_break,
+                      min_gain=max(min_gain, seed_noise), tie_points=tie_points, tie_break=tie_break,
                       seed=seed)
     chosen = next(c for c in candidates if c.name == decision.name)
     mix_result, recommended = None, False

@@ -204,3 +204,27 @@ def test_tune_command_with_a_denoiser_keeps_its_images_out_of_validation(clean_t
     assert status["purify5"] == status["repair+purify5"] == "done"
     assert status["purify100+comp-paper"] == "skipped"  # t*=100 needs t <= 99; the denoiser has t <= 9
     assert load_recipe(out / "recipe.json").purify_steps in (None, 1)
+
+
+def test_training_noise_raises_the_margin_over_none_but_not_the_tie_band(clean_train, trusted, monkeypatch):
+    """The proxy's seed noise guards "beats none"; the tie band stays ``tie_points``, so a lighter candidate
+    several points below the best cannot win a tie just because the proxy is noisy."""
+    import dataclasses
+
+    seen = {}
+    choose, run_candidate = select_run.choose, select_run._run_candidate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return choose(*args, **kwargs)
+
+    def noisy(candidate, *args):  # `none` retrained with the first other seed scores 5 points lower
+        result = run_candidate(candidate, *args)
+        return dataclasses.replace(result, accuracy=result.accuracy - 0.05) if args[-1] == 1 else result
+
+    monkeypatch.setattr(select_run, "choose", spy)
+    monkeypatch.setattr(select_run, "_run_candidate", noisy)
+    selection = select_defense(chroma_poison(clean_train), trusted, None, None, candidates=CANDIDATES[:2],
+                               proxy=PROXY, seed=0, noise_seeds=1, try_trusted_mix=False, tie_points=0.01)
+    assert selection.seed_noise == pytest.approx(0.05)
+    assert seen["min_gain"] == pytest.approx(0.05) and seen["tie_points"] == 0.01
