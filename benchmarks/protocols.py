@@ -129,3 +129,7 @@ PROTOCOLS.update(GPU_PROTOCOLS)
 # augmentations cost): quick_cnn at width 64, 30 epochs; everything else, and so every cache, is cpu-quick's
 PROTOCOLS["cpu-wide"] = replace(PROTOCOLS["cpu-quick"], name="cpu-wide", victim="wide_cnn",
                                 training=TrainSettings(epochs=30, batch_size=128, lr=0.05), cache_of="cpu-quick")
+# cpu-quick whose auto selection trains the proxy on 2,000 images (the size issue 18 measured as faithful on
+# outside poisons) instead of 1,000: the same splits, poisons and victims, its own work dir (other proxy runs)
+PROTOCOLS["cpu-quick-proxy2k"] = replace(PROTOCOLS["cpu-quick"], name="cpu-quick-proxy2k",
+                                         auto={**PROTOCOLS["cpu-quick"].auto, "images": 2000})
