@@ -122,7 +122,7 @@ def time_purification(purifier: Any, images: Any, batch_size: int, budget_s: Opt
     With ``budget_s``, stops after the first batch that ends past the budget (at least one batch).
     """
     purifier.purify(images[: min(2, len(images))], range(min(2, len(images))))  # warm-up
-    _sync(purifier.device)
+    sync(purifier.device)
     start, done = time.perf_counter(), 0
     while done < len(images):
         stop = min(done + batch_size, len(images))
@@ -130,13 +130,23 @@ def time_purification(purifier: Any, images: Any, batch_size: int, budget_s: Opt
         done = stop
         if budget_s is not None and time.perf_counter() - start >= budget_s:
             break
-    _sync(purifier.device)
+    sync(purifier.device)
     return done, time.perf_counter() - start
 
 
-def _sync(device: Any) -> None:
+def sync(device: Any) -> None:
+    """Wait for ``device``'s queued work (CUDA); nothing on the CPU. Call before reading a clock."""
     if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
+
+
+def device_report(script: str, args: Any, device: torch.device) -> dict[str, Any]:
+    """The header of a speed benchmark's results: the command that reproduces it (every option but ``--out``),
+    the device's name, torch's threads and version, `machine_info`, and an empty ``runs`` list."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "out")
+    return {"command": f"python benchmarks/{script} {options}", "device": name, "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "machine": machine_info(), "runs": []}
 
 
 def mib(num_bytes: float) -> float:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,18 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import machine_info
+from _common import device_report, sync
 from eclipse_loader.data.embedded import load_embedded
 from eclipse_loader.denoiser import build_scheduler, build_unet
 from eclipse_loader.purify.outliers import repair_isolated_pixels
 from eclipse_loader.purify.purifier import Purifier, PurifyConfig, to_model_range, to_uint8
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(preset: str, batch: int, rounds: int, device: torch.device, noise_rng: str) -> dict:
@@ -56,10 +50,10 @@ def measure(preset: str, batch: int, rounds: int, device: torch.device, noise_rn
     for k in range(rounds):
         order = [("bare_unet", bare), ("purify", purify)][:: 1 if k % 2 == 0 else -1]
         for name, fn in order:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             fn()
-            _sync(device)
+            sync(device)
             timings[name].append(time.perf_counter() - start)
     ratios = [b / p for b, p in zip(timings["bare_unet"], timings["purify"])]
     return {"stage_ms_per_batch": stage_times(purifier, images, x, device), **{
@@ -92,10 +86,10 @@ def stage_times(purifier: Purifier, images: np.ndarray, x: torch.Tensor, device:
         stage()
         spent = []
         for _ in range(calls):
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             stage()
-            _sync(device)
+            sync(device)
             spent.append(time.perf_counter() - start)
         result[name] = round(1e3 * statistics.median(spent), 2)
     return result
@@ -114,12 +108,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     out = Path(args.out) if args.out else RESULTS / f"purify-speed-{datetime.date.today()}-{device.type}.json"
-    result = {"command": "python benchmarks/purify_speed.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "out"),
-        "device": name, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "machine": machine_info(), "runs": []}
+    result = device_report("purify_speed.py", args, device)
     for preset in args.presets.split(","):
         for rng in args.noise_rngs.split(","):
             result["runs"].append(measure(preset, args.batch, args.rounds, device, rng))

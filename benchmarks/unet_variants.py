@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import datetime
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from _common import machine_info
+from _common import device_report, sync
 from eclipse_loader.data.embedded import load_embedded
 from eclipse_loader.denoiser import build_unet
 from eclipse_loader.purify.batch_invariance import make_batch_invariant
@@ -38,11 +37,6 @@ from eclipse_loader.purify.purifier import to_model_range
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("eager_invariant", "eager", "channels_last", "bf16_autocast", "compiled_invariant", "compiled")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _forward(variant: str, preset: str, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -73,18 +67,18 @@ def measure(preset: str, batch: int, rounds: int, device: torch.device, variants
     forwards, first_call_s = {}, {}
     for name in variants:
         forwards[name] = _forward(name, preset, device)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         forwards[name](x, t)  # warm-up; for torch.compile, the compilation
-        _sync(device)
+        sync(device)
         first_call_s[name] = round(time.perf_counter() - start, 2)
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     for k in range(rounds):
         for name in variants[:: 1 if k % 2 == 0 else -1]:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             forwards[name](x, t)
-            _sync(device)
+            sync(device)
             seconds[name].append(time.perf_counter() - start)
     reference = forwards["eager_invariant"](x, t)
     result: dict = {"preset": preset, "batch": batch, "rounds": rounds, "variants": {}}
@@ -116,12 +110,8 @@ def main() -> None:
     if variants[0] != "eager_invariant" or not set(variants) <= set(VARIANTS):
         parser.error(f"--variants: start with eager_invariant (the reference) and pick from {', '.join(VARIANTS)}")
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     out = Path(args.out) if args.out else RESULTS / f"unet-variants-{datetime.date.today()}-{device.type}.json"
-    report = {"command": "python benchmarks/unet_variants.py " + " ".join(
-        f"--{k} {v}" for k, v in vars(args).items() if v is not None and k != "out"),
-        "device": name, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "machine": machine_info(), "runs": []}
+    report = device_report("unet_variants.py", args, device)
     for preset in args.presets.split(","):
         report["runs"].append(measure(preset, args.batch, args.rounds, device, variants))
         print(json.dumps(report["runs"][-1]), flush=True)
