@@ -102,13 +102,13 @@ DEFENSES: dict[str, Defense] = {d.name: d for d in (
 
 JPEG_QUALITIES = (10, 30)
 AUTO = "auto"
-AUTO_DESCRIPTION = ("chosen per cell by measuring candidate defences with a proxy on the sparse set "
-                    "(eclipse_loader.select; half the sparse set trains its denoiser, half validates); "
-                    "a lighter candidate within 1 point of the best wins the tie")
+_AUTO_SELECTION = ("chosen per cell by measuring candidate defences with a proxy on the sparse set "
+                   "(eclipse_loader.select; half the sparse set trains its denoiser, half validates)")
+AUTO_DESCRIPTION = _AUTO_SELECTION + "; a lighter candidate within 1 point of the best wins the tie"
 #: ``auto`` with the choice rule's ``tie_break="best"`` (the best candidate wins, no tie to a lighter one); it
 #: reads the same proxy runs as ``auto``
 AUTO_BEST = "auto-best"
-AUTO_BEST_DESCRIPTION = AUTO_DESCRIPTION.rsplit("; ", 1)[0] + "; the best candidate wins (tie_break='best')"
+AUTO_BEST_DESCRIPTION = _AUTO_SELECTION + "; the best candidate wins (tie_break='best')"
 #: ``candidate:NAME``: one selection candidate as a fixed defence, purifying with auto's denoiser
 CANDIDATE_PREFIX = "candidate:"
 

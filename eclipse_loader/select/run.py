@@ -141,8 +141,8 @@ def select_defense(train: LabelledImages, trusted: LabelledImages, purify_fn: Op
             raised to the training noise: on the cpu-quick table a tie band that wide (6-8 points on TAP, AR,
             OPS) let candidates 2-3 proxy points below the best win, and they cost the victim up to 17 points.
         tie_break: ``"lighter"``: a lighter candidate tied with the best (within ``tie_points`` and the paired
-            interval) wins; ``"best"``: the best wins (`eclipse_loader.select.stats.choose`). The candidates' proxy runs do not depend on it, so
-            the cache serves both.
+            interval) wins; ``"best"``: the best wins (`eclipse_loader.select.stats.choose`). The candidates'
+            proxy runs do not depend on it, so the cache serves both.
         try_trusted_mix: also score the chosen defence trained with trusted images mixed in.
         progress: called as ``progress(done, total, name)`` after each candidate.
     """
