@@ -47,14 +47,9 @@ class FolderImages(LazyImages):
         self.shape = (len(index),) + (self.resize or first) + (3,)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        if isinstance(key, (int, np.integer)):
-            position = int(key) + (len(self) if key < 0 else 0)
-            if not 0 <= position < len(self):
-                raise IndexError(f"index {key} is out of range for {len(self)} images")
-            return self._decode(position)
-        positions = np.arange(len(self))[key]  # a slice or an integer array, with numpy's semantics
-        if positions.ndim != 1:
-            raise TypeError(f"FolderImages takes an integer, a slice or a 1-D integer array, got {key!r}")
+        positions = self._positions(key)
+        if isinstance(positions, int):
+            return self._decode(positions)
         out = np.empty((len(positions),) + self.shape[1:], dtype=np.uint8)
         for k, position in enumerate(positions):
             out[k] = self._decode(int(position))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 
@@ -173,6 +173,19 @@ class LazyImages:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         raise NotImplementedError
+
+    def _positions(self, key: Any) -> Union[int, np.ndarray]:
+        """``key`` (an integer, a slice or a 1-D integer array) as the image position or the 1-D array of
+        positions it selects, with numpy's semantics (negative counts from the end; out of range: IndexError)."""
+        if isinstance(key, (int, np.integer)):
+            position = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= position < len(self):
+                raise IndexError(f"index {key} is out of range for {len(self)} images")
+            return position
+        positions = np.arange(*key.indices(len(self))) if isinstance(key, slice) else np.arange(len(self))[key]
+        if positions.ndim != 1:
+            raise TypeError(f"{type(self).__name__} takes an integer, a slice or a 1-D integer array, got {key!r}")
+        return positions
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         images = self[:]

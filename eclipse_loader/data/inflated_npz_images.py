@@ -23,6 +23,7 @@ from .npz_mmap import read_npy_header
 
 PathLike = Union[str, os.PathLike]
 _HASH_CHUNK = 64 << 20  # bytes per read when the whole member streams into a digest
+_INFLATE_ERRORS = (OSError, EOFError, zlib.error, zipfile.BadZipFile)  # what a damaged or truncated stream raises
 
 
 class InflatedNpzImages(LazyImages):
@@ -61,29 +62,15 @@ class InflatedNpzImages(LazyImages):
         return cls(path, key, tuple(int(s) for s in shape), data_start)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        count = len(self)
-        if isinstance(key, (int, np.integer)):
-            index = int(key) + count * (int(key) < 0)
-            if not 0 <= index < count:
-                raise IndexError(f"index {key} is out of bounds for {count} images")
-            return self._read(index, index + 1)[0]
-        if isinstance(key, slice):
-            start, stop, step = key.indices(count)
-            if step == 1:
-                return self._read(start, max(start, stop))
-            key = np.arange(start, stop, step)
-        indices = np.asarray(key)
-        if indices.ndim != 1 or indices.dtype.kind not in "iu":
-            raise TypeError(f"InflatedNpzImages takes an integer, a slice or a 1-D integer array, not {key!r}")
-        indices = np.where(indices < 0, indices + count, indices)
-        if indices.size and (indices.min() < 0 or indices.max() >= count):
-            raise IndexError(f"indices out of bounds for {count} images")
-        wanted, position = np.unique(indices, return_inverse=True)
+        positions = self._positions(key)
+        if isinstance(positions, int):
+            return self._read(positions, positions + 1)[0]
+        wanted, order = np.unique(positions, return_inverse=True)
         out = np.empty((len(wanted),) + self.shape[1:], np.uint8)
         run_starts = np.flatnonzero(np.diff(wanted, prepend=-2) != 1)  # read each run of consecutive indices once
         for first, last in zip(run_starts, np.append(run_starts[1:], len(wanted))):
             out[first:last] = self._read(int(wanted[first]), int(wanted[last - 1]) + 1)
-        return out[position.reshape(-1)]
+        return out if np.array_equal(wanted, positions) else out[order.reshape(-1)]
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         block = np.empty((stop - start,) + self.shape[1:], np.uint8)
@@ -100,10 +87,9 @@ class InflatedNpzImages(LazyImages):
                     if not count:
                         raise EOFError(f"the stream ends {len(target) - filled} bytes early")
                     filled += count
-            except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as error:
+            except _INFLATE_ERRORS as error:
                 self._close()
-                raise InvalidInputError(f"{self.path}: cannot inflate images {start}..{stop - 1} of {self.key!r} "
-                                        f"(damaged or truncated: {type(error).__name__}: {error})") from None
+                raise self._damaged(f"images {start}..{stop - 1} of {self.key!r}", error) from None
         return block
 
     def _member(self) -> Any:
@@ -146,6 +132,9 @@ class InflatedNpzImages(LazyImages):
                 member.seek(self._data_start)
                 while chunk := member.read(_HASH_CHUNK):
                     digest.update(chunk)
-            except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as error:
-                raise InvalidInputError(f"{self.path}: cannot inflate {self.key!r} "
-                                        f"(damaged or truncated: {type(error).__name__}: {error})") from None
+            except _INFLATE_ERRORS as error:
+                raise self._damaged(repr(self.key), error) from None
+
+    def _damaged(self, what: str, error: BaseException) -> InvalidInputError:
+        return InvalidInputError(f"{self.path}: cannot inflate {what} (damaged or truncated: "
+                                 f"{type(error).__name__}: {error})")
