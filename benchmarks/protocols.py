@@ -133,3 +133,7 @@ PROTOCOLS["cpu-wide"] = replace(PROTOCOLS["cpu-quick"], name="cpu-wide", victim=
 # outside poisons) instead of 1,000: the same splits, poisons and victims, its own work dir (other proxy runs)
 PROTOCOLS["cpu-quick-proxy2k"] = replace(PROTOCOLS["cpu-quick"], name="cpu-quick-proxy2k",
                                          auto={**PROTOCOLS["cpu-quick"].auto, "images": 2000})
+# cpu-wide's victim on cpu-quick-proxy2k's work dir: its poisons, denoisers and auto selections (2,000-image
+# proxy) are reused, so a cell costs only the wide victim's training
+PROTOCOLS["cpu-wide-proxy2k"] = replace(PROTOCOLS["cpu-wide"], name="cpu-wide-proxy2k",
+                                        auto=PROTOCOLS["cpu-quick-proxy2k"].auto, cache_of="cpu-quick-proxy2k")

@@ -133,6 +133,10 @@ def test_a_victim_only_variant_reuses_the_work_dir_and_keeps_its_own_cells(tmp_p
 
     assert PROTOCOLS["cpu-wide"].work_name == "cpu-quick" and PROTOCOLS["cpu-quick"].work_name == "cpu-quick"
     assert PROTOCOLS["cpu-wide"].victim == "wide_cnn" and PROTOCOLS["cpu-wide"].crafting_victim == "quick_cnn"
+    wide2k, quick2k = PROTOCOLS["cpu-wide-proxy2k"], PROTOCOLS["cpu-quick-proxy2k"]
+    assert wide2k.work_name == "cpu-quick-proxy2k" and wide2k.auto == quick2k.auto and wide2k.victim == "wide_cnn"
+    assert dataclasses.replace(wide2k, name="x", victim=quick2k.victim, training=quick2k.training,
+                               cache_of=None) == dataclasses.replace(quick2k, name="x")
     base = PROTOCOLS["smoke"]
     variant = dataclasses.replace(base, name="smoke-wide", victim="quick_cnn", cache_of="smoke")
     work = tmp_path / "work"
