@@ -170,9 +170,9 @@ def run(args: argparse.Namespace) -> int:
         from ..output_files import check_output
 
         check_output(args.preview, what="--preview")
-    data = load_source(args.source, lazy=True)  # an image folder is decoded block by block, where purified
-    if args.recipe == "auto":
-        data = data.materialised()  # the selection reads the images many times
+    # an image folder or npz is read block by block where purified; the selection (--recipe auto) reads
+    # its proxy subsets and one streamed pass of image hashes, never the whole source at once
+    data = load_source(args.source, lazy=True)
     recipe = resolve_recipe(args, data)
     config = purify_config_from_args(args, recipe)
     p_gray, sigma = preview_settings(args, recipe)

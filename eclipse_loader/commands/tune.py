@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     t_stars = _t_stars(args.t_stars)
     proxy = ProxySettings(images=args.proxy_images, epochs=args.proxy_epochs, width=args.proxy_width,
                           batch_size=args.proxy_batch_size)
-    train, trusted = load_source(args.source), load_source(args.trusted)
+    train, trusted = load_source(args.source, lazy=True), load_source(args.trusted)  # train: read where used
     steps = DEFAULT_RECIPE.purify_steps if args.purify_steps is None else args.purify_steps
     denoiser = None if args.denoiser.lower() == "none" else args.denoiser
     seen = None

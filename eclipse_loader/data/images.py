@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Union
+from typing import Any, Iterator, Literal, Optional, Union
 
 import numpy as np
 
@@ -66,9 +66,8 @@ class LabelledImages:
         from .disk_array import disk_backed_array
 
         images = disk_backed_array(tuple(self.images.shape))
-        block = _images_per_64_mib(images.shape)
-        for start in range(0, len(images), block):
-            images[start:start + block] = self.images[start:start + block]
+        for start, block in image_blocks(self.images):
+            images[start:start + len(block)] = block
         return LabelledImages(images, self.labels, self.num_classes)
 
     def subset(self, indices: np.ndarray) -> "LabelledImages":
@@ -141,14 +140,16 @@ def update_digest_with_images(digest: Any, images: Any) -> None:
     if is_lazy(images):  # e.g. a folder: its files, nothing decoded
         images.update_digest(digest)
         return
-    block = _images_per_64_mib(images.shape)
+    for _, block in image_blocks(images):
+        digest.update(block.data)
+
+
+def image_blocks(images: Any) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, pixels)`` for consecutive blocks of about 64 MiB of ``images`` (a numpy array, memory-mapped
+    or not, or a `LazyImages`), each a C-contiguous numpy array: a streamed pass over the images."""
+    block = max(1, (64 << 20) // max(1, int(np.prod(images.shape[1:]))))
     for start in range(0, len(images), block):
-        digest.update(np.ascontiguousarray(images[start:start + block]).data)
-
-
-def _images_per_64_mib(shape: tuple[int, ...]) -> int:
-    """How many uint8 images of ``shape[1:]`` make about 64 MiB (at least one): the block of a streamed pass."""
-    return max(1, (64 << 20) // max(1, int(np.prod(shape[1:]))))
+        yield start, np.ascontiguousarray(images[start:start + block])
 
 
 class LazyImages:

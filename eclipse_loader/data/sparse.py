@@ -14,7 +14,7 @@ from typing import Literal, Optional, Union
 
 import numpy as np
 
-from .images import LabelledImages
+from .images import LabelledImages, image_blocks, is_lazy
 
 OverlapPolicy = Literal["refuse", "warn"]
 ImagesLike = Union[LabelledImages, np.ndarray]
@@ -105,9 +105,12 @@ def select_sparse_indices(
 
 
 def image_hashes(images: ImagesLike) -> np.ndarray:
-    """sha1 hex digest of each image's raw bytes (uint8 HWC), as an array of str."""
-    array = images.images if isinstance(images, LabelledImages) else np.asarray(images)
-    return np.array([hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest() for img in array])
+    """sha1 hex digest of each image's raw bytes (uint8 HWC), as an array of str. The images are read a
+    block at a time (`image_blocks`), so a memory-mapped or lazily decoded source is never held whole."""
+    array = images.images if isinstance(images, LabelledImages) else images
+    if not is_lazy(array):
+        array = np.asarray(array)
+    return np.array([hashlib.sha1(img.tobytes()).hexdigest() for _, block in image_blocks(array) for img in block])
 
 
 def check_overlap(sparse: ImagesLike, eval_set: ImagesLike, policy: OverlapPolicy = "refuse") -> np.ndarray:

@@ -63,3 +63,39 @@ def test_damaged_recipe_file_is_one_line(setup, tmp_path, capsys):
     bad.write_text("{ nope")
     code = main(["purify", f"npz:{root / 'in.npz'}", str(den), str(tmp_path / "out.npz"), "--recipe", str(bad)])
     assert code == 2 and str(bad) in capsys.readouterr().err and list(tmp_path.iterdir()) == [bad]
+
+
+def test_recipe_auto_selects_on_the_lazy_source_as_on_its_pixels(setup, tmp_path, monkeypatch):
+    """``--recipe auto`` hands the selection the image folder as read on demand (no whole decoded copy
+    first) and the selection measures what `tune` measures on the same pixels held in memory."""
+    import json
+
+    import PIL.Image
+
+    from eclipse_loader.data.images import is_lazy
+    from eclipse_loader.data.sources import load_source
+    from eclipse_loader.select import api
+    from eclipse_loader.select.proxy import ProxySettings
+
+    root, den = setup
+    train = load_embedded("train")
+    for i in np.concatenate([np.flatnonzero(train.labels == c)[:20] for c in range(10)]):
+        (tmp_path / "folder" / f"c{train.labels[i]}").mkdir(parents=True, exist_ok=True)
+        PIL.Image.fromarray(train.images[i]).save(tmp_path / "folder" / f"c{train.labels[i]}" / f"{i}.png")
+    small = dict(proxy=ProxySettings(images=50, epochs=1, width=4, batch_size=25), t_stars=(20,), purify_steps=1)
+    given, real_tune = [], api.tune
+    monkeypatch.setattr(api, "tune", lambda data, *args, **kwargs: given.append(data) or real_tune(
+        data, *args, **kwargs, **small))
+    out = tmp_path / "out.npz"
+    assert main(["purify", f"imagefolder:{tmp_path / 'folder'}", str(den), str(out), "--recipe", "auto",
+                 "--trusted", "embedded:trusted", "--no-progress"]) == 0
+    assert len(given) == 1 and is_lazy(given[0].images)
+    eager = load_source(f"imagefolder:{tmp_path / 'folder'}")
+    assert not is_lazy(eager.images)
+    _, in_memory, _ = real_tune(eager, load_embedded("trusted"), den, tmp_path / "eager", seed=0, **small)
+    lazy_report = json.loads((tmp_path / "out.npz.tune" / "selection.json").read_text())
+    assert lazy_report["chosen"] == in_memory.chosen.name
+    assert {r["name"]: r["accuracy"] for r in lazy_report["candidates"]} == {
+        r.name: r.accuracy for r in in_memory.results}
+    with np.load(out) as written:
+        assert written["images"].shape == (200, 32, 32, 3)
