@@ -6,7 +6,8 @@
 Per attack: auto's accuracy, the best fixed defence (from ``--fixed``, the columns the auto run also has
 take the auto run's own cells) and the gap; auto's ratio to clean; the means; auto on clean data against
 no defence; and the cells both tables have (``none``), which must agree when the code did not move them.
-Writes ``<auto stem>-targets.{json,md}``.
+Writes ``<auto stem>-targets.{json,md}``. Several auto result files of one protocol and victim seed (rows
+run in separate invocations) are judged as one table (`merge_runs`); ``--out STEM`` names the outputs.
 """
 from __future__ import annotations
 
@@ -22,6 +23,30 @@ CHOICES = {"auto": "auto_choices", "auto-best": "auto_best_choices"}  # column -
 def _selected(defense: str) -> bool:
     """Columns that are not fixed defences: the auto columns and single selection candidates."""
     return defense in CHOICES or defense.startswith("candidate:")
+
+
+def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several of the same protocol and victim seed: the union of their rows (a cell of an
+    earlier run is kept over a later one's), of their choices and of their attacks; the clean accuracy of the
+    first. Raises ValueError for runs of other protocols or seeds, or whose clean cells disagree."""
+    if len(runs) == 1:
+        return runs[0]
+    keys = {(r.get("protocol"), r.get("victim_seed")) for r in runs}
+    if len(keys) > 1:
+        raise ValueError(f"the auto results are of different protocols / victim seeds: {sorted(map(str, keys))}")
+    cleans = sorted({r["clean_accuracy"] for r in runs})
+    if cleans[-1] - cleans[0] > 1e-9:
+        raise ValueError(f"the auto results' clean accuracies differ ({cleans}): not the same victim")
+    merged = {**runs[0], "command": " ; ".join(r["command"] for r in runs), "table": {}, "attacks_in_means": []}
+    for field in CHOICES.values():
+        merged[field] = {}
+    for r in runs:
+        for attack, row in r["table"].items():
+            merged["table"][attack] = {**row, **merged["table"].get(attack, {})}
+        merged["attacks_in_means"] += [a for a in r["attacks_in_means"] if a not in merged["attacks_in_means"]]
+        for field in CHOICES.values():
+            merged[field] = {**r.get(field, {}), **merged[field]}
+    return merged
 
 
 def targets(run: dict[str, Any], fixed: dict[str, Any], column: str = AUTO) -> dict[str, Any]:
@@ -88,16 +113,24 @@ def markdown(t: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("auto_result", type=Path, help="a defense.py result JSON with an 'auto' column")
+    ap.add_argument("auto_result", type=Path, nargs="+",
+                    help="defense.py result JSON(s) with an 'auto' column (several: one protocol and victim seed)")
     ap.add_argument("--fixed", type=Path, required=True, help="a defense.py result JSON with the fixed defences")
     ap.add_argument("--column", choices=sorted(CHOICES), default=AUTO, help="the selected column to judge")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="stem of the outputs (default: the first auto result's, plus -targets)")
     args = ap.parse_args(argv)
-    for path in (args.auto_result, args.fixed):
+    for path in (*args.auto_result, args.fixed):
         if not path.is_file():
             raise SystemExit(f"{path}: no such result file")
-    t = targets(json.loads(args.auto_result.read_text()), json.loads(args.fixed.read_text()), args.column)
+    try:
+        run = merge_runs([json.loads(path.read_text()) for path in args.auto_result])
+    except ValueError as error:
+        raise SystemExit(f"{', '.join(map(str, args.auto_result))}: {error}") from None
+    t = targets(run, json.loads(args.fixed.read_text()), args.column)
     suffix = "-targets" + ("" if args.column == AUTO else f"-{args.column}")
-    stem = args.auto_result.with_name(args.auto_result.stem + suffix)
+    first = args.auto_result[0]
+    stem = args.out if args.out is not None else first.with_name(first.stem + suffix)
     stem.with_suffix(".json").write_text(json.dumps(t, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(t))
     print(markdown(t), end="")

@@ -81,6 +81,31 @@ def test_the_auto_best_column_is_judged_from_its_own_choices_and_not_counted_as_
     assert not (tmp_path / "auto-targets.json").exists()
 
 
+def test_rows_of_two_invocations_are_judged_as_one_table(tmp_path):
+    whole = _auto(0.665, 0.55, 0.695)
+    first = {**whole, "protocol": "p", "victim_seed": 0, "command": "run a", "attacks_in_means": ["a"],
+             "table": {k: whole["table"][k] for k in ("none", "a")},
+             "auto_choices": {k: whole["auto_choices"][k] for k in ("none", "a")}}
+    second = {**whole, "protocol": "p", "victim_seed": 0, "command": "run b", "attacks_in_means": ["b"],
+              "table": {"none": {"none": 0.70}, "b": whole["table"]["b"]}, "auto_choices": {"b": {"chosen": "jpeg10"}}}
+    paths = [tmp_path / "first.json", tmp_path / "second.json"]
+    for path, run in zip(paths, (first, second)):
+        path.write_text(json.dumps(run))
+    (tmp_path / "fixed.json").write_text(json.dumps(_fixed()))
+    command = [sys.executable, str(SCRIPT), *map(str, paths), "--fixed", str(tmp_path / "fixed.json"),
+               "--out", str(tmp_path / "both")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    t = json.loads((tmp_path / "both.json").read_text())
+    assert t["attacks"] == ["a", "b"] and t["all_attacks_of_the_fixed_table"] and t["auto_mean"] == pytest.approx(0.6075)
+    assert t["per_attack"]["b"]["chosen"] == "jpeg10" and t["auto_on_clean"] == 0.695 and t["auto_run"] == "run a ; run b"
+    second["victim_seed"] = 1
+    paths[1].write_text(json.dumps(second))
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "different protocols / victim seeds" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
 PROXY_RANKING = SCRIPT.with_name("proxy_ranking.py")
 
 
