@@ -65,6 +65,7 @@ def test_damaged_recipe_file_is_one_line(setup, tmp_path, capsys):
     assert code == 2 and str(bad) in capsys.readouterr().err and list(tmp_path.iterdir()) == [bad]
 
 
+@pytest.mark.slow
 def test_recipe_auto_selects_on_the_lazy_source_as_on_its_pixels(setup, tmp_path, monkeypatch):
     """``--recipe auto`` hands the selection the image folder as read on demand (no whole decoded copy
     first) and the selection measures what `tune` measures on the same pixels held in memory."""
