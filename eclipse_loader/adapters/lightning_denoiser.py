@@ -29,6 +29,7 @@ from ..denoiser.objective import TrainingInterrupted, check_t_max, check_trainin
 from ..denoiser.presets import NUM_TRAIN_TIMESTEPS, build_scheduler
 from ..denoiser.resume import CHECKPOINT_DIR, LAST_CHECKPOINT, open_training_work_dir
 from .lightning_denoiser_callbacks import StepTimer, checkpoints_and_logs
+from .process_group import release_started_process_group
 
 __all__ = ["DenoiserModule", "TrainingInterrupted", "train_denoiser"]
 
@@ -122,6 +123,7 @@ class DenoiserModule(L.LightningModule):
         return unet.eval()
 
 
+@release_started_process_group()  # after the last barrier: the process exits cleanly
 def train_denoiser(
     data: LabelledImages,
     preset: str,

@@ -41,6 +41,7 @@ from ..purify.engine import cache_key, check_outputs, is_up_to_date, purificatio
 from ..purify.purifier import Purifier, PurifyConfig, resolve_schedule
 from ..purify.shards import pending_blocks, prepare_job, save_shard
 from ..purify.workdir import remove_job_files
+from .process_group import release_started_process_group
 
 PathLike = Union[str, os.PathLike]
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork")
@@ -300,7 +301,8 @@ def purify_distributed(
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                          callbacks=[ShardWriter(work)], logger=False, enable_checkpointing=False,
                          enable_model_summary=False, enable_progress_bar=progress)
-    trainer.predict(module, datamodule=blocks, return_predictions=False)
+    with release_started_process_group():  # ShardWriter's barrier was the last collective
+        trainer.predict(module, datamodule=blocks, return_predictions=False)
     job = blocks.plan
     assert job is not None, "ShardBlocks.setup ran"
     if trainer.global_rank != 0:

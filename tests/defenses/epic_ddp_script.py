@@ -53,6 +53,7 @@ def main(out_dir: str) -> None:
     trainer.fit(module, loader)
     Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps({
         "seen": module.seen, "active": sampler.active.tolist(), "history": callback.history}))
+    torch.distributed.destroy_process_group()  # else gloo's threads can abort the exit (status -6)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def main(npz: str, out_dir: str, backend: str, denoiser: str = "") -> None:
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(RecordIndices(out_dir), datamodule=dm)
+    torch.distributed.destroy_process_group()  # else gloo's threads can abort the exit (status -6)
 
 
 if __name__ == "__main__":
