@@ -54,6 +54,8 @@ class Recipe:
         augment: an extra online augmentation before the compensation: None or ``"rsk-ff"``
             (random sharpening + DCT low-pass, `eclipse_loader.select.augment`).
         mix_trusted: also train on the trusted clean images (appended to the training set).
+        chroma_block: keep the luma and average the chroma over blocks of this many pixels offline, after
+            the repair and before JPEG (`eclipse_loader.evaluation.baselines.chroma_low_pass`; None: off).
 
     The fields after ``sigma`` were added for recipes chosen by ``eclipse-loader tune``; their defaults
     leave ``default`` and ``paper`` as they were.
@@ -70,8 +72,11 @@ class Recipe:
     jpeg_quality: Optional[int] = None
     augment: Optional[str] = None
     mix_trusted: bool = False
+    chroma_block: Optional[int] = None
 
     def __post_init__(self) -> None:
+        if self.chroma_block is not None and not (isinstance(self.chroma_block, int) and self.chroma_block >= 1):
+            raise ValueError(f"chroma_block must be None or a positive integer, got {self.chroma_block!r}")
         if self.denoiser_t_max < self.t_star - 1:
             raise ValueError(f"denoiser_t_max={self.denoiser_t_max} cannot serve t_star={self.t_star}")
         if self.jpeg_quality is not None and not (isinstance(self.jpeg_quality, int) and 1 <= self.jpeg_quality <= 100):

@@ -22,7 +22,7 @@ from ..data.images import LabelledImages
 from ..loading.config import AugmentConfig
 from ..purify.outliers import repair_isolated_pixels
 from ..recipes import RECIPES
-from .baselines import grayscale, jpeg
+from .baselines import CHROMA_BLOCKS, chroma, grayscale, jpeg
 
 if TYPE_CHECKING:
     from ..select.candidates import Candidate
@@ -116,6 +116,7 @@ CANDIDATE_PREFIX = "candidate:"
 def offline_steps(purify: Optional[OfflineStep] = None) -> dict[str, OfflineStep]:
     """Name -> function of every offline step; ``purify`` is the harness's purifier (None: unavailable)."""
     steps: dict[str, OfflineStep] = {f"jpeg{q}": (lambda d, q=q: jpeg(d, quality=q)) for q in JPEG_QUALITIES}
+    steps.update({f"chroma{b}": (lambda d, b=b: chroma(d, block=b)) for b in CHROMA_BLOCKS})
     steps.update({"grayscale": grayscale, "repair-outliers": repair_outliers})
     if purify is not None:
         steps["purify"] = purify
@@ -143,7 +144,10 @@ def candidate_defense(candidate: Candidate, steps: Optional[int] = None, name: s
         raise ValueError("a harness defence cannot mix trusted images into the training set")
     if candidate.jpeg is not None and candidate.jpeg not in JPEG_QUALITIES:
         raise ValueError(f"the harness has JPEG qualities {JPEG_QUALITIES}, not {candidate.jpeg}")
+    if candidate.chroma is not None and candidate.chroma not in CHROMA_BLOCKS:
+        raise ValueError(f"the harness has chroma blocks {CHROMA_BLOCKS}, not {candidate.chroma}")
     offline = (("repair-outliers",) if candidate.repair else ()) + (("grayscale",) if candidate.grayscale else ())
+    offline += (f"chroma{candidate.chroma}",) if candidate.chroma is not None else ()
     offline += ((f"jpeg{candidate.jpeg}",) if candidate.jpeg is not None else ()) + (
         ("purify",) if candidate.t_star is not None else ())
     p_gray, sigma = candidate.p_gray_sigma
@@ -188,13 +192,17 @@ def resolve_auto(train: LabelledImages, sparse: LabelledImages, purify_fn: Optio
 
 
 def named_candidate(name: str, t_stars: Optional[tuple[int, ...]] = None) -> Candidate:
-    """The selection candidate called ``name`` (e.g. ``"repair+purify400"``) among the default candidates."""
-    from ..select.candidates import DEFAULT_T_STARS, default_candidates
+    """The selection candidate called ``name`` (e.g. ``"repair+purify400"``): one of the default candidates, or
+    any combination `Candidate.from_name` reads (``"jpeg10+purify100"``); KeyError when it reads none."""
+    from ..select.candidates import DEFAULT_T_STARS, Candidate, default_candidates
 
     by_name = {c.name: c for c in default_candidates(t_stars or DEFAULT_T_STARS)}
-    if name not in by_name:
-        raise KeyError(f"no selection candidate {name!r}; known: {', '.join(sorted(by_name))}")
-    return by_name[name]
+    if name in by_name:
+        return by_name[name]
+    try:
+        return Candidate.from_name(name)
+    except ValueError as error:
+        raise KeyError(f"no selection candidate {name!r} ({error}); defaults: {', '.join(sorted(by_name))}") from None
 
 
 def batch_transform(defense: Defense, seed: int) -> Optional[Callable[..., object]]:

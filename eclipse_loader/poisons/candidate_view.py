@@ -23,7 +23,7 @@ from torch import nn
 from ..purify.outliers import DEFAULT_THRESHOLD, repair_isolated_pixels
 from ..select.augment import KEEP_FRACTION, dct_low_pass, random_sharpen_kernels, sharpen
 from ..select.candidates import Candidate
-from ..evaluation.baselines import jpeg_pixels
+from ..evaluation.baselines import chroma_low_pass, jpeg_pixels
 from .crafted import Transform, compensation_eot, denoiser_eot, luma_float
 
 
@@ -60,6 +60,8 @@ def candidate_view(candidate: Candidate, unet: Optional[nn.Module] = None,
         steps.append(_bpda(lambda pixels: repair_isolated_pixels(pixels, repair_threshold)[0]))
     if candidate.grayscale:
         steps.append(luma_float)
+    if candidate.chroma is not None:
+        steps.append(lambda x, block=candidate.chroma: chroma_low_pass(x, block))
     if candidate.jpeg is not None:
         steps.append(_bpda(lambda pixels: jpeg_pixels(pixels, candidate.jpeg)))
     if candidate.t_star is not None:

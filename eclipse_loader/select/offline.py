@@ -14,7 +14,7 @@ import numpy as np
 
 from ..data.images import LabelledImages
 from ..data.mapped_images import MappedImages
-from ..evaluation.baselines import grayscale, grayscale_pixels, jpeg, jpeg_pixels
+from ..evaluation.baselines import chroma, chroma_pixels, grayscale, grayscale_pixels, jpeg, jpeg_pixels
 from ..purify.outliers import repair_isolated_pixels
 from ..recipes import DEFAULT_RECIPE, Recipe
 from .candidates import Candidate
@@ -74,11 +74,13 @@ _THRESHOLD: int = DEFAULT_RECIPE.repair_threshold  # type: ignore[assignment]
 
 def apply_offline(candidate: Candidate, data: LabelledImages, purify_fn: Optional[PurifyFn] = None,
                   repair_threshold: int = _THRESHOLD) -> LabelledImages:
-    """``data`` after ``candidate``'s offline steps: repair, grayscale, JPEG, purification (in that order)."""
+    """``data`` after ``candidate``'s offline steps: repair, grayscale or chroma, JPEG, purification (in that order)."""
     if candidate.repair:
         data = LabelledImages(repair_isolated_pixels(data.images, repair_threshold)[0], data.labels, data.num_classes)
     if candidate.grayscale:
         data = grayscale(data)
+    if candidate.chroma is not None:
+        data = chroma(data, candidate.chroma)
     if candidate.jpeg is not None:
         data = jpeg(data, quality=candidate.jpeg)
     if candidate.t_star is not None:
@@ -94,7 +96,8 @@ def apply_offline(candidate: Candidate, data: LabelledImages, purify_fn: Optiona
 
 
 def recipe_before_purification(recipe: Recipe, data: LabelledImages) -> LabelledImages:
-    """The offline steps a recipe runs before the diffusion: outlier repair (its threshold), grayscale, JPEG.
+    """The offline steps a recipe runs before the diffusion: outlier repair (its threshold), grayscale, chroma
+    low-pass, JPEG.
 
     A consumer that purifies with its own pipeline (``purify_dataset``) runs this first, then purifies
     with repair off, which reproduces the order the selection measured. Each image's result depends on
@@ -109,6 +112,8 @@ def pixels_before_purification(recipe: Recipe, images: np.ndarray) -> np.ndarray
         images = repair_isolated_pixels(images, recipe.repair_threshold)[0]
     if recipe.grayscale:
         images = grayscale_pixels(images)
+    if recipe.chroma_block is not None:
+        images = chroma_pixels(images, recipe.chroma_block)
     if recipe.jpeg_quality is not None:
         images = jpeg_pixels(images, quality=recipe.jpeg_quality)
     return images
@@ -123,7 +128,8 @@ def offline_steps_lazily(recipe: Recipe, data: LabelledImages) -> LabelledImages
     import torchvision
 
     steps = (recipe.repair_threshold, recipe.grayscale, recipe.jpeg_quality)
-    description = (f"offline steps repair/grayscale/jpeg={steps} torch={torch.__version__} "
+    chroma_part = "" if recipe.chroma_block is None else f" chroma={recipe.chroma_block}"  # older keys unchanged
+    description = (f"offline steps repair/grayscale/jpeg={steps}{chroma_part} torch={torch.__version__} "
                    f"torchvision={torchvision.__version__}")  # JPEG's bytes come from torchvision's libjpeg
     mapped = MappedImages(data.images, functools.partial(pixels_before_purification, recipe), description)
     return LabelledImages(mapped, data.labels, data.num_classes)

@@ -226,3 +226,38 @@ def test_denoiser_purify_never_repairs_and_refuses_t_star_beyond_training(tmp_pa
     assert "t <= 9" in unservable_reason(Candidate(t_star=11), purify)
     with pytest.raises(ValueError, match="t <= 9"):
         purify(images, 11)
+
+
+def test_candidate_names_read_back_and_bad_names_are_refused():
+    for cand in default_candidates():
+        assert Candidate.from_name(cand.name) == cand
+    combo = Candidate.from_name("repair+chroma8+jpeg10+purify100+rsk-ff+comp-mid+trusted")
+    assert combo == Candidate(repair=True, chroma=8, jpeg=10, t_star=100, augment="rsk-ff", compensation="mid",
+                              mix_trusted=True)
+    assert Candidate.from_name("none") == Candidate()
+    for bad, message in (("jpeg10+purify", "cannot read 'purify'"), ("purify100+jpeg10", "must be in the order"),
+                         ("jpeg10+jpeg30", "cannot read 'jpeg30'"), ("grayscale+chroma8", "grayscale or chroma"),
+                         ("comp-strong", "candidate name 'comp-strong': compensation")):
+        with pytest.raises(ValueError, match=message):
+            Candidate.from_name(bad)
+
+
+def test_chroma_candidate_is_lighter_than_grayscale_and_runs_through_its_recipe():
+    from eclipse_loader.evaluation.baselines import chroma_pixels
+    from eclipse_loader.select.offline import apply_offline, apply_recipe_offline, offline_steps_lazily
+
+    from .select_data import stripes
+
+    cand = Candidate(chroma=8, jpeg=30)
+    assert Candidate(chroma=8).weight < Candidate(grayscale=True).weight and cand.offline
+    recipe = cand.to_recipe()
+    assert (recipe.chroma_block, recipe.jpeg_quality, recipe.purification) == (8, 30, False)
+    data = stripes(6, seed=1, size=32)
+    expected = apply_offline(cand, data).images
+    np.testing.assert_array_equal(apply_recipe_offline(recipe, data).images, expected)
+    np.testing.assert_array_equal(offline_steps_lazily(recipe, data).images[0:6], expected)
+    np.testing.assert_array_equal(apply_offline(Candidate(chroma=8), data).images, chroma_pixels(data.images, 8))
+    with pytest.raises(ValueError, match="chroma_block"):
+        Recipe(**{**DEFAULT_RECIPE.to_dict(), "chroma_block": 0})
+    with pytest.raises(ValueError, match="grayscale or chroma"):
+        Candidate(grayscale=True, chroma=4)

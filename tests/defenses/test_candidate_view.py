@@ -76,3 +76,15 @@ def test_purifying_view_calls_the_denoiser_once_per_batch():
     assert out.shape == x.shape and calls == [[99] * 4]
     out.sum().backward()
     assert x.grad.abs().sum() > 0
+
+
+def test_chroma_view_is_the_differentiable_low_pass_of_the_offline_step():
+    from eclipse_loader.evaluation.baselines import chroma_low_pass, chroma_pixels
+
+    x = _batch(3)
+    out = candidate_view(Candidate(chroma=8))(x)
+    torch.testing.assert_close(out, chroma_low_pass(x, 8))
+    offline = chroma_pixels(_uint8(x), 8).astype(int)
+    assert np.abs(_uint8(out.clamp(0, 1)).astype(int) - offline).max() <= 1  # the uint8 step, up to rounding
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
