@@ -55,7 +55,9 @@ class Recipe:
             (random sharpening + DCT low-pass, `eclipse_loader.select.augment`).
         mix_trusted: also train on the trusted clean images (appended to the training set).
         chroma_block: keep the luma and average the chroma over blocks of this many pixels offline, after
-            the repair and before JPEG (`eclipse_loader.evaluation.baselines.chroma_low_pass`; None: off).
+            the repair and before JPEG (`eclipse_loader.select.colour.chroma_low_pass`; None: off).
+        chroma_swap: give each training image the chroma of another one (a seeded random derangement over
+            the whole training set) offline, after the repair and before JPEG (`eclipse_loader.select.colour`).
 
     The fields after ``sigma`` were added for recipes chosen by ``eclipse-loader tune``; their defaults
     leave ``default`` and ``paper`` as they were.
@@ -73,8 +75,11 @@ class Recipe:
     augment: Optional[str] = None
     mix_trusted: bool = False
     chroma_block: Optional[int] = None
+    chroma_swap: bool = False
 
     def __post_init__(self) -> None:
+        if sum((bool(self.grayscale), self.chroma_block is not None, bool(self.chroma_swap))) > 1:
+            raise ValueError("grayscale, chroma_block and chroma_swap each replace the chroma: set one of them")
         if self.chroma_block is not None and not (isinstance(self.chroma_block, int) and self.chroma_block >= 1):
             raise ValueError(f"chroma_block must be None or a positive integer, got {self.chroma_block!r}")
         if self.denoiser_t_max < self.t_star - 1:

@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
     config = purify_config_from_args(args, recipe)
     p_gray, sigma = preview_settings(args, recipe)
     original = data
-    if recipe.grayscale or recipe.chroma_block is not None or recipe.jpeg_quality is not None or not recipe.purification:
+    if (recipe.grayscale or recipe.chroma_block is not None or recipe.chroma_swap or recipe.jpeg_quality is not None
+            or not recipe.purification):
         data, config = _offline_steps(recipe, data, config)
     if not recipe.purification:
         return _write_unpurified(args, data.materialised(), original, p_gray, sigma)

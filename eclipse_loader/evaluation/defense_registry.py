@@ -22,7 +22,8 @@ from ..data.images import LabelledImages
 from ..loading.config import AugmentConfig
 from ..purify.outliers import repair_isolated_pixels
 from ..recipes import RECIPES
-from .baselines import CHROMA_BLOCKS, chroma, grayscale, jpeg
+from ..select.colour import CHROMA_BLOCKS, chroma, swap_chroma
+from .baselines import grayscale, jpeg
 
 if TYPE_CHECKING:
     from ..select.candidates import Candidate
@@ -117,7 +118,7 @@ def offline_steps(purify: Optional[OfflineStep] = None) -> dict[str, OfflineStep
     """Name -> function of every offline step; ``purify`` is the harness's purifier (None: unavailable)."""
     steps: dict[str, OfflineStep] = {f"jpeg{q}": (lambda d, q=q: jpeg(d, quality=q)) for q in JPEG_QUALITIES}
     steps.update({f"chroma{b}": (lambda d, b=b: chroma(d, block=b)) for b in CHROMA_BLOCKS})
-    steps.update({"grayscale": grayscale, "repair-outliers": repair_outliers})
+    steps.update({"grayscale": grayscale, "chroma-swap": swap_chroma, "repair-outliers": repair_outliers})
     if purify is not None:
         steps["purify"] = purify
     return steps
@@ -148,6 +149,7 @@ def candidate_defense(candidate: Candidate, steps: Optional[int] = None, name: s
         raise ValueError(f"the harness has chroma blocks {CHROMA_BLOCKS}, not {candidate.chroma}")
     offline = (("repair-outliers",) if candidate.repair else ()) + (("grayscale",) if candidate.grayscale else ())
     offline += (f"chroma{candidate.chroma}",) if candidate.chroma is not None else ()
+    offline += ("chroma-swap",) if candidate.chroma_swap else ()
     offline += ((f"jpeg{candidate.jpeg}",) if candidate.jpeg is not None else ()) + (
         ("purify",) if candidate.t_star is not None else ())
     p_gray, sigma = candidate.p_gray_sigma

@@ -23,7 +23,8 @@ from torch import nn
 from ..purify.outliers import DEFAULT_THRESHOLD, repair_isolated_pixels
 from ..select.augment import KEEP_FRACTION, dct_low_pass, random_sharpen_kernels, sharpen
 from ..select.candidates import Candidate
-from ..evaluation.baselines import chroma_low_pass, jpeg_pixels
+from ..evaluation.baselines import jpeg_pixels
+from ..select.colour import chroma_low_pass, swap_chroma_float
 from .crafted import Transform, compensation_eot, denoiser_eot, luma_float
 
 
@@ -62,6 +63,8 @@ def candidate_view(candidate: Candidate, unet: Optional[nn.Module] = None,
         steps.append(luma_float)
     if candidate.chroma is not None:
         steps.append(lambda x, block=candidate.chroma: chroma_low_pass(x, block))
+    if candidate.chroma_swap:  # the donors of a batch: the next image of the batch (a derangement, as offline)
+        steps.append(lambda x: swap_chroma_float(x, x.roll(-1, 0)))
     if candidate.jpeg is not None:
         steps.append(_bpda(lambda pixels: jpeg_pixels(pixels, candidate.jpeg)))
     if candidate.t_star is not None:

@@ -1,7 +1,7 @@
 """The defences `select_defense` compares: offline steps + an online augmentation, as plain values.
 
 A `Candidate` names at most one of each component, applied in a fixed order: outlier repair,
-grayscale or chroma low-pass, JPEG, diffusion purification (offline, once), then every epoch crop + flip (always),
+grayscale, chroma low-pass or chroma swap, JPEG, diffusion purification (offline, once), then every epoch crop + flip (always),
 RSK+FF and the corruption compensation. Each has a *weight* (how heavy it is: compute, and how much
 it changes clean images); ties in accuracy go to the lighter candidate.
 """
@@ -19,7 +19,7 @@ COMPENSATION_LEVELS: dict[str, tuple[float, float]] = {
     "none": (0.0, 0.0), "mild": (0.1, 0.02), "mid": (DEFAULT_RECIPE.p_gray, DEFAULT_RECIPE.sigma),
     "paper": (PAPER_RECIPE.p_gray, PAPER_RECIPE.sigma)}
 DEFAULT_T_STARS = (100, 200, 400, 600)
-_WEIGHTS = {"repair": 0.5, "grayscale": 3.0, "chroma": 1.5, "rsk-ff": 3.0, "mix": 0.25,
+_WEIGHTS = {"repair": 0.5, "grayscale": 3.0, "chroma": 1.5, "chroma-swap": 2.0, "rsk-ff": 3.0, "mix": 0.25,
             "compensation": {"none": 0.0, "mild": 1.0, "mid": 2.0, "paper": 3.0}}
 
 
@@ -28,7 +28,8 @@ class Candidate:
     """One defence. Attributes: ``repair`` isolated outlier pixels; ``grayscale``; ``jpeg`` quality (None:
     off); ``t_star`` of the purification (None: off); ``compensation`` level (`COMPENSATION_LEVELS`);
     ``augment`` (None or ``"rsk-ff"``); ``mix_trusted``: train on the trusted images too; ``chroma``: block
-    size of the chroma low-pass (`eclipse_loader.evaluation.baselines.chroma_low_pass`; None: off)."""
+    size of the chroma low-pass (`eclipse_loader.select.colour.chroma_low_pass`; None: off); ``chroma_swap``: each
+    image takes another training image's chroma (`eclipse_loader.select.colour.swap_chroma`)."""
 
     repair: bool = False
     grayscale: bool = False
@@ -38,12 +39,13 @@ class Candidate:
     augment: Optional[str] = None
     mix_trusted: bool = False
     chroma: Optional[int] = None
+    chroma_swap: bool = False
 
     def __post_init__(self) -> None:
+        if sum((self.grayscale, self.chroma is not None, self.chroma_swap)) > 1:
+            raise ValueError("grayscale, chroma and chroma-swap each replace the chroma: give one of them")
         if self.chroma is not None and (not isinstance(self.chroma, int) or self.chroma < 1):
             raise ValueError(f"chroma block must be a positive integer, got {self.chroma!r}")
-        if self.chroma is not None and self.grayscale:
-            raise ValueError("grayscale already removes all chroma: give grayscale or chroma, not both")
         if self.compensation not in COMPENSATION_LEVELS:
             raise ValueError(f"compensation must be one of {sorted(COMPENSATION_LEVELS)}, got {self.compensation!r}")
         if self.augment not in AUGMENTS:
@@ -58,6 +60,7 @@ class Candidate:
         """A stable, readable name: ``none``, ``repair+purify400+comp-mid``, ``jpeg10+trusted`` ..."""
         parts = (["repair"] if self.repair else []) + (["grayscale"] if self.grayscale else [])
         parts += [f"chroma{self.chroma}"] if self.chroma is not None else []
+        parts += ["chroma-swap"] if self.chroma_swap else []
         parts += [f"jpeg{self.jpeg}"] if self.jpeg is not None else []
         parts += [f"purify{self.t_star}"] if self.t_star is not None else []
         parts += [self.augment] if self.augment else []
@@ -68,7 +71,7 @@ class Candidate:
     @property
     def offline(self) -> bool:
         """Whether the candidate changes the stored training images."""
-        return (self.repair or self.grayscale or self.chroma is not None or self.jpeg is not None
+        return (self.repair or self.grayscale or self.chroma is not None or self.chroma_swap or self.jpeg is not None
                 or self.t_star is not None)
 
     @property
@@ -76,6 +79,7 @@ class Candidate:
         """How heavy the defence is (larger = more compute / more change to clean images)."""
         w = _WEIGHTS["repair"] * self.repair + _WEIGHTS["grayscale"] * self.grayscale
         w += (_WEIGHTS["chroma"] + self.chroma / 16.0) if self.chroma is not None else 0.0  # 4: 1.75 ... 16: 2.5
+        w += _WEIGHTS["chroma-swap"] * self.chroma_swap
         w += (2.0 + (100 - self.jpeg) / 45.0) if self.jpeg is not None else 0.0  # q30: 3.6, q10: 4.0
         w += (4.0 + self.t_star / 200.0) if self.t_star is not None else 0.0  # t*100: 4.5 ... t*600: 7.0
         w += _WEIGHTS["compensation"][self.compensation]  # type: ignore[index]
@@ -99,7 +103,7 @@ class Candidate:
                       denoiser_t_max=DEFAULT_RECIPE.denoiser_t_max if self.t_star is None else t_star - 1,
                       p_gray=p_gray, sigma=sigma, purification=self.t_star is not None, grayscale=self.grayscale,
                       jpeg_quality=self.jpeg, augment=self.augment, mix_trusted=self.mix_trusted,
-                      chroma_block=self.chroma)
+                      chroma_block=self.chroma, chroma_swap=self.chroma_swap)
 
     @classmethod
     def from_name(cls, name: str) -> Candidate:
@@ -110,10 +114,10 @@ class Candidate:
             match = _NAME_PART.fullmatch(part)
             key = next((k for k, v in (match.groupdict() if match else {}).items() if v is not None), None)
             if key is None or (key in values):
-                raise ValueError(f"candidate name {name!r}: cannot read {part!r} (parts: repair, grayscale, chromaK, "
+                raise ValueError(f"candidate name {name!r}: cannot read {part!r} (parts: repair, grayscale, chromaK, chroma-swap, "
                                  f"jpegQ, purifyT, rsk-ff, comp-{{{','.join(COMPENSATION_LEVELS)}}}, trusted, each once)")
             text = match.group(key)  # type: ignore[union-attr]
-            values[key] = {"repair": True, "grayscale": True, "augment": text, "mix_trusted": True,
+            values[key] = {"repair": True, "grayscale": True, "chroma_swap": True, "augment": text, "mix_trusted": True,
                            "compensation": text}.get(key, int(text) if text.isdigit() else text)
         try:
             candidate = cls(**values)  # type: ignore[arg-type]
@@ -124,7 +128,7 @@ class Candidate:
         return candidate
 
 
-_NAME_PART = re.compile(r"(?P<repair>repair)|(?P<grayscale>grayscale)|chroma(?P<chroma>\d+)|jpeg(?P<jpeg>\d+)"
+_NAME_PART = re.compile(r"(?P<repair>repair)|(?P<grayscale>grayscale)|chroma(?P<chroma>\d+)|(?P<chroma_swap>chroma-swap)|jpeg(?P<jpeg>\d+)"
                         r"|purify(?P<t_star>\d+)|(?P<augment>rsk-ff)|comp-(?P<compensation>\w+)|(?P<mix_trusted>trusted)")
 
 

@@ -14,7 +14,9 @@ import numpy as np
 
 from ..data.images import LabelledImages
 from ..data.mapped_images import MappedImages
-from ..evaluation.baselines import chroma, chroma_pixels, grayscale, grayscale_pixels, jpeg, jpeg_pixels
+from ..data.donor_images import DonorMappedImages
+from ..evaluation.baselines import grayscale, grayscale_pixels, jpeg, jpeg_pixels
+from .colour import CHROMA_SWAP_SEED, chroma, chroma_donors, chroma_pixels, swap_chroma, swap_chroma_pixels
 from ..purify.outliers import repair_isolated_pixels
 from ..recipes import DEFAULT_RECIPE, Recipe
 from .candidates import Candidate
@@ -74,13 +76,16 @@ _THRESHOLD: int = DEFAULT_RECIPE.repair_threshold  # type: ignore[assignment]
 
 def apply_offline(candidate: Candidate, data: LabelledImages, purify_fn: Optional[PurifyFn] = None,
                   repair_threshold: int = _THRESHOLD) -> LabelledImages:
-    """``data`` after ``candidate``'s offline steps: repair, grayscale or chroma, JPEG, purification (in that order)."""
+    """``data`` after ``candidate``'s offline steps: repair, grayscale, chroma low-pass or
+    swap, JPEG, purification (in that order)."""
     if candidate.repair:
         data = LabelledImages(repair_isolated_pixels(data.images, repair_threshold)[0], data.labels, data.num_classes)
     if candidate.grayscale:
         data = grayscale(data)
     if candidate.chroma is not None:
         data = chroma(data, candidate.chroma)
+    if candidate.chroma_swap:
+        data = swap_chroma(data)
     if candidate.jpeg is not None:
         data = jpeg(data, quality=candidate.jpeg)
     if candidate.t_star is not None:
@@ -97,31 +102,43 @@ def apply_offline(candidate: Candidate, data: LabelledImages, purify_fn: Optiona
 
 def recipe_before_purification(recipe: Recipe, data: LabelledImages) -> LabelledImages:
     """The offline steps a recipe runs before the diffusion: outlier repair (its threshold), grayscale, chroma
-    low-pass, JPEG.
+    low-pass, chroma swap, JPEG.
 
     A consumer that purifies with its own pipeline (``purify_dataset``) runs this first, then purifies
     with repair off, which reproduces the order the selection measured. Each image's result depends on
-    that image alone, so `pixels_before_purification` may run it block by block (`offline_steps_lazily`).
+    that image alone, except under the chroma swap (on that image and its donor), so `offline_steps_lazily`
+    may run it block by block.
     """
     return LabelledImages(pixels_before_purification(recipe, data.images), data.labels, data.num_classes)
 
 
 def pixels_before_purification(recipe: Recipe, images: np.ndarray) -> np.ndarray:
-    """`recipe_before_purification` on bare uint8 NHWC pixels."""
+    """`recipe_before_purification` on the bare uint8 NHWC pixels of the whole set (the chroma swap draws its
+    donors among ``images``)."""
+    images = _pixels_before_swap(recipe, images)
+    if recipe.chroma_swap:
+        images = swap_chroma_pixels(images, images[chroma_donors(len(images))])
+    return _pixels_after_swap(recipe, images)
+
+
+def _pixels_before_swap(recipe: Recipe, images: np.ndarray) -> np.ndarray:
     if recipe.repair_threshold is not None:
         images = repair_isolated_pixels(images, recipe.repair_threshold)[0]
     if recipe.grayscale:
         images = grayscale_pixels(images)
     if recipe.chroma_block is not None:
         images = chroma_pixels(images, recipe.chroma_block)
-    if recipe.jpeg_quality is not None:
-        images = jpeg_pixels(images, quality=recipe.jpeg_quality)
     return images
 
 
+def _pixels_after_swap(recipe: Recipe, images: np.ndarray) -> np.ndarray:
+    return images if recipe.jpeg_quality is None else jpeg_pixels(images, quality=recipe.jpeg_quality)
+
+
 def offline_steps_lazily(recipe: Recipe, data: LabelledImages) -> LabelledImages:
-    """``data`` with `recipe_before_purification`'s steps applied where its images are indexed (`MappedImages`):
-    a purification pass then runs them block by block, on the process that purifies the block."""
+    """``data`` with `recipe_before_purification`'s steps applied where its images are indexed (`MappedImages`;
+    the chroma swap as `DonorMappedImages`, which reads each block's donors too): a purification pass then
+    runs them block by block, on the process that purifies the block."""
     import functools
 
     import torch
@@ -131,8 +148,14 @@ def offline_steps_lazily(recipe: Recipe, data: LabelledImages) -> LabelledImages
     chroma_part = "" if recipe.chroma_block is None else f" chroma={recipe.chroma_block}"  # older keys unchanged
     description = (f"offline steps repair/grayscale/jpeg={steps}{chroma_part} torch={torch.__version__} "
                    f"torchvision={torchvision.__version__}")  # JPEG's bytes come from torchvision's libjpeg
-    mapped = MappedImages(data.images, functools.partial(pixels_before_purification, recipe), description)
-    return LabelledImages(mapped, data.labels, data.num_classes)
+    if not recipe.chroma_swap:
+        mapped = MappedImages(data.images, functools.partial(pixels_before_purification, recipe), description)
+        return LabelledImages(mapped, data.labels, data.num_classes)
+    before = MappedImages(data.images, functools.partial(_pixels_before_swap, recipe), f"{description} (before swap)")
+    swapped = DonorMappedImages(before, chroma_donors(len(before)), swap_chroma_pixels,
+                                f"chroma swap seed={CHROMA_SWAP_SEED} torch={torch.__version__}")
+    after = MappedImages(swapped, functools.partial(_pixels_after_swap, recipe), f"{description} (after swap)")
+    return LabelledImages(after, data.labels, data.num_classes)
 
 
 def apply_recipe_offline(recipe: Recipe, data: LabelledImages, purify_fn: Optional[PurifyFn] = None) -> LabelledImages:

@@ -34,6 +34,26 @@ def test_recipe_file_without_purification_writes_its_offline_steps(setup, tmp_pa
     assert "does not purify" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("purify", [False, True], ids=["offline-only", "then-purified"])
+def test_recipe_file_with_the_chroma_swap_gives_the_selections_pixels(setup, tmp_path, purify):
+    """The swap draws donors over the whole source, also where the pass reads it block by block."""
+    from eclipse_loader.data.images import LabelledImages
+    from eclipse_loader.select.offline import recipe_before_purification
+
+    root, den = setup
+    recipe = DEFAULT_RECIPE.with_overrides(purification=purify, chroma_swap=True, repair_threshold=48, t_star=20,
+                                           purify_steps=1, denoiser_t_max=19)
+    path = save_recipe(recipe, tmp_path / "recipe.json")
+    assert main(["purify", f"npz:{root / 'in.npz'}", str(den), str(tmp_path / "out.npz"), "--recipe", str(path),
+                 "--no-progress", "--chunk-size", "3"]) == 0
+    with np.load(root / "in.npz") as src, np.load(tmp_path / "out.npz") as out:
+        expected = recipe_before_purification(recipe, LabelledImages(src["images"], src["labels"], 10)).images
+        if purify:
+            assert (out["images"] != expected).mean() > 0.1
+        else:
+            np.testing.assert_array_equal(out["images"], expected)
+
+
 def test_recipe_file_with_purification_runs_the_purifier(setup, tmp_path):
     root, den = setup
     recipe = save_recipe(DEFAULT_RECIPE.with_overrides(t_star=20, purify_steps=1, denoiser_t_max=19),

@@ -236,14 +236,14 @@ def test_candidate_names_read_back_and_bad_names_are_refused():
                               mix_trusted=True)
     assert Candidate.from_name("none") == Candidate()
     for bad, message in (("jpeg10+purify", "cannot read 'purify'"), ("purify100+jpeg10", "must be in the order"),
-                         ("jpeg10+jpeg30", "cannot read 'jpeg30'"), ("grayscale+chroma8", "grayscale or chroma"),
+                         ("jpeg10+jpeg30", "cannot read 'jpeg30'"), ("grayscale+chroma8", "give one of them"),
                          ("comp-strong", "candidate name 'comp-strong': compensation")):
         with pytest.raises(ValueError, match=message):
             Candidate.from_name(bad)
 
 
 def test_chroma_candidate_is_lighter_than_grayscale_and_runs_through_its_recipe():
-    from eclipse_loader.evaluation.baselines import chroma_pixels
+    from eclipse_loader.select.colour import chroma_pixels
     from eclipse_loader.select.offline import apply_offline, apply_recipe_offline, offline_steps_lazily
 
     from .select_data import stripes
@@ -259,5 +259,5 @@ def test_chroma_candidate_is_lighter_than_grayscale_and_runs_through_its_recipe(
     np.testing.assert_array_equal(apply_offline(Candidate(chroma=8), data).images, chroma_pixels(data.images, 8))
     with pytest.raises(ValueError, match="chroma_block"):
         Recipe(**{**DEFAULT_RECIPE.to_dict(), "chroma_block": 0})
-    with pytest.raises(ValueError, match="grayscale or chroma"):
+    with pytest.raises(ValueError, match="give one of them"):
         Candidate(grayscale=True, chroma=4)

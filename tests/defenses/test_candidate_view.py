@@ -79,7 +79,7 @@ def test_purifying_view_calls_the_denoiser_once_per_batch():
 
 
 def test_chroma_view_is_the_differentiable_low_pass_of_the_offline_step():
-    from eclipse_loader.evaluation.baselines import chroma_low_pass, chroma_pixels
+    from eclipse_loader.select.colour import chroma_low_pass, chroma_pixels
 
     x = _batch(3)
     out = candidate_view(Candidate(chroma=8))(x)
@@ -88,3 +88,13 @@ def test_chroma_view_is_the_differentiable_low_pass_of_the_offline_step():
     assert np.abs(_uint8(out.clamp(0, 1)).astype(int) - offline).max() <= 1  # the uint8 step, up to rounding
     out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_chroma_swap_view_gives_each_image_the_next_ones_chroma():
+    from eclipse_loader.select.colour import swap_chroma_float
+
+    x = _batch(4)
+    out = candidate_view(Candidate(chroma_swap=True))(x)
+    torch.testing.assert_close(out, swap_chroma_float(x, x.roll(-1, 0)))
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -49,36 +49,9 @@ def test_victims_shapes_and_paper_training():
                                                                                                    "constant", 0.0)
 
 
-def test_chroma_low_pass_keeps_luma_and_flattens_colour_within_blocks(cifar_small):
-    from eclipse_loader.evaluation.baselines import chroma, chroma_low_pass, chroma_pixels
-
-    data = cifar_small.subset(np.arange(20))
-    x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float()
-    luma = lambda t: 0.299 * t[:, 0] + 0.587 * t[:, 1] + 0.114 * t[:, 2]  # noqa: E731
-    out = chroma_low_pass(x, 8)
-    torch.testing.assert_close(luma(out), luma(x), atol=1e-3, rtol=0)
-    torch.testing.assert_close(chroma_low_pass(x, 1), x, atol=1e-3, rtol=0)  # block 1: every pixel its own colour
-    # a colour pattern finer than the block is gone, its mean colour stays
-    checker = torch.zeros(1, 3, 32, 32)
-    checker[0, 0, ::2, ::2] = checker[0, 0, 1::2, 1::2] = 200.0
-    flat = chroma_low_pass(checker, 4)
-    assert (flat[0, 0] - flat[0, 1]).std() < 1.0 < (checker[0, 0] - checker[0, 1]).std()
-    # whole-image block on 32 px: one chroma for the whole image
-    single = chroma_low_pass(x[:2], 32)
-    cb = -0.168736 * single[:, 0] - 0.331264 * single[:, 1] + 0.5 * single[:, 2]
-    assert float(cb.flatten(1).std(1).max()) < 1e-3
-    pixels = chroma_pixels(data.images, 8)
-    assert pixels.dtype == np.uint8 and pixels.shape == data.images.shape
-    np.testing.assert_array_equal(pixels[3:5], chroma_pixels(data.images[3:5], 8))  # each image on its own
-    np.testing.assert_array_equal(chroma(data, 8).images, pixels)
-    assert 0 < np.abs(pixels.astype(int) - data.images).mean() < np.abs(chroma_pixels(data.images, 16).astype(int)
-                                                                         - data.images).mean()
-    with pytest.raises(ValueError, match="block"):
-        chroma_low_pass(x, 0)
-
-
 def test_any_candidate_combination_is_a_harness_defence(cifar_small):
-    from eclipse_loader.evaluation.baselines import chroma_pixels, jpeg_pixels
+    from eclipse_loader.evaluation.baselines import jpeg_pixels
+    from eclipse_loader.select.colour import chroma_pixels
     from eclipse_loader.evaluation.defense_registry import candidate_defense, named_candidate
 
     defense = candidate_defense(named_candidate("chroma8+jpeg10"), name="candidate:chroma8+jpeg10")
