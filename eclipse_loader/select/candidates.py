@@ -133,15 +133,17 @@ _NAME_PART = re.compile(r"(?P<repair>repair)|(?P<grayscale>grayscale)|chroma(?P<
 
 
 def default_candidates(t_stars: tuple[int, ...] = DEFAULT_T_STARS, purification: bool = True) -> list[Candidate]:
-    """The candidate list of issue 18 (22 defences with purification, 10 without), lightest first.
+    """The candidate list of issue 18 (24 defences with purification, 13 without), lightest first.
 
-    Single components: none; repair; JPEG q30 and q10; grayscale; purification at each ``t_stars`` with and
-    without repair; the compensation at mild / mid / paper; RSK+FF. Combinations: JPEG q10 + grayscale,
+    Single components: none; repair; JPEG q30 and q10; grayscale; the chroma swap and the chroma low-pass at
+    4-pixel blocks (`eclipse_loader.select.colour`); purification at each ``t_stars`` with and without repair;
+    the compensation at mild / mid / paper; RSK+FF. Combinations: JPEG q10 + grayscale,
     repair + JPEG q10, ECLIPSE as published (purify t*=100 + paper compensation), the product default
     (repair + purify t*=400 + mid), repair + purify t*=400 + RSK+FF.
     """
     c = Candidate
-    out = [c(), c(repair=True), c(jpeg=30), c(jpeg=10), c(grayscale=True), c(grayscale=True, jpeg=10),
+    out = [c(), c(repair=True), c(jpeg=30), c(jpeg=10), c(grayscale=True), c(chroma_swap=True), c(chroma=4),
+           c(grayscale=True, jpeg=10),
            c(repair=True, jpeg=10), c(compensation="mild"), c(compensation="mid"), c(compensation="paper"),
            c(augment="rsk-ff")]
     if purification:

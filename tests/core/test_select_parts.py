@@ -60,8 +60,8 @@ def test_rsk_ff_on_uint8_batches_is_seeded_and_keeps_shape():
 
 def test_default_candidates_cover_the_issue_list():
     names = [c.name for c in default_candidates()]
-    assert len(names) == len(set(names)) == 22
-    for required in ("none", "repair", "jpeg10", "jpeg30", "grayscale", "comp-mild", "comp-mid", "comp-paper", "rsk-ff",
+    assert len(names) == len(set(names)) == 24
+    for required in ("none", "repair", "jpeg10", "jpeg30", "grayscale", "chroma-swap", "chroma4", "comp-mild", "comp-mid", "comp-paper", "rsk-ff",
                      "grayscale+jpeg10", "purify100+comp-paper", "repair+purify400+comp-mid"):
         assert required in names
     for t in (100, 200, 400, 600):
@@ -69,7 +69,7 @@ def test_default_candidates_cover_the_issue_list():
     assert names[0] == "none"
     weights = [c.weight for c in default_candidates()]
     assert weights == sorted(weights)
-    assert len(default_candidates(purification=False)) == 11
+    assert len(default_candidates(purification=False)) == 13
     assert COMPENSATION_LEVELS["mid"] == (DEFAULT_RECIPE.p_gray, DEFAULT_RECIPE.sigma)
     assert COMPENSATION_LEVELS["paper"] == (PAPER_RECIPE.p_gray, PAPER_RECIPE.sigma)
     with pytest.raises(ValueError, match="compensation"):
