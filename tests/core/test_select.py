@@ -10,7 +10,7 @@ from eclipse_loader.cli import main
 from eclipse_loader.data.images import LabelledImages
 from eclipse_loader.recipes import load_recipe
 from eclipse_loader.select import run as select_run
-from eclipse_loader.select.candidates import Candidate
+from eclipse_loader.select.candidates import Candidate, default_candidates
 from eclipse_loader.select.proxy import ProxySettings
 from eclipse_loader.select.report import write_report
 from eclipse_loader.select.run import CACHE_NAME, select_defense
@@ -170,7 +170,7 @@ def test_tune_command(clean_train, trusted, tmp_path, capsys):
     assert main(args) == 0
     assert (out / "recipe.json").is_file() and (out / "selection.md").is_file()
     report = json.loads((out / "selection.json").read_text())
-    assert len(report["candidates"]) == 11  # every candidate without purification
+    assert len(report["candidates"]) == len(default_candidates(purification=False)) == 13  # all without purification
     load_recipe(out / "recipe.json")
     capsys.readouterr()
     assert main(["tune", train_npz, train_npz, "none", str(tmp_path / "bad"), "--no-progress"]) == 2

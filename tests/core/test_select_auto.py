@@ -8,7 +8,7 @@ import torch
 from eclipse_loader.evaluation.defense_registry import (AUTO, apply_offline, batch_transform, candidate_defense,
                                                 offline_steps, resolve_auto, split_sparse)
 from eclipse_loader.recipes import DEFAULT_RECIPE
-from eclipse_loader.select.candidates import Candidate
+from eclipse_loader.select.candidates import Candidate, default_candidates
 from eclipse_loader.select.proxy import ProxySettings
 
 from .select_data import chroma_poison, stripes
@@ -52,9 +52,10 @@ def test_resolve_auto_uses_only_the_sparse_set():
     defense, selection = resolve_auto(train, sparse, None, denoiser_images=denoiser_part.images, seed=0,
                                       proxy=ProxySettings(images=400, epochs=8, width=8, batch_size=32))
     assert selection.sizes["validation"] == 200 and selection.sizes["trusted"] == 400
-    assert len(selection.results) == 11  # every candidate without purification
-    # random grayscale (the compensation) and grayscale both defeat the colour shortcut; the lightest of
-    # those at the top accuracy is the mid compensation
+    assert len(selection.results) == len(default_candidates(purification=False)) == 13  # all without purification
+    # the chroma swap, random grayscale (the compensation) and grayscale all defeat the colour shortcut; the
+    # lightest at the top accuracy is the chroma swap (weight 2.0, tied with the mid compensation, first by name)
     assert selection.result("none").accuracy < 0.4 and selection.result("grayscale").accuracy > 0.9
-    assert selection.chosen.name == "comp-mid" and selection.result("comp-mid").accuracy > 0.9
-    assert defense.name == AUTO and defense.offline == () and defense.augment.p_gray == DEFAULT_RECIPE.p_gray
+    assert selection.result("comp-mid").accuracy > 0.9
+    assert selection.chosen.name == "chroma-swap" and selection.result("chroma-swap").accuracy > 0.9
+    assert defense.name == AUTO and defense.offline == ("chroma-swap",) and not defense.augment.compensate
