@@ -1,6 +1,6 @@
 """Why grayscale costs a short-trained victim so much on clean data: train/test colour mismatch, measured.
 
-    python benchmarks/colour_mismatch.py --threads 2      # ~3 min on 2 CPU cores (4 victims x ~30 s)
+    python benchmarks/colour_mismatch.py --threads 2      # ~2 min on 2 CPU cores (3 victims x ~35 s)
 
 The cpu-quick victim (its protocol's 10k clean training images, 6 epochs, victim seed 0) is trained on
 colour images, on grayscale images and on chroma-swapped images (`eclipse_loader.select.colour`), and scored
@@ -33,7 +33,8 @@ def main() -> int:
     parser.add_argument("--protocol", default="cpu-quick", choices=["cpu-quick", "cpu-wide"])
     parser.add_argument("--victim-seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results/colour-mismatch-DATE.json)")
+    parser.add_argument("--out", default=None,
+                        help="results JSON (default benchmarks/results/colour-mismatch-PROTOCOL-DATE.json)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

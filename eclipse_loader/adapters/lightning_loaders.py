@@ -56,8 +56,9 @@ def datamodule_recipe(recipe: str, purify: bool) -> Recipe:
     """The recipe of an `EclipseDataModule`: a name or a ``.json`` file; ValueError for a recipe that
     needs steps the DataModule does not run (they would otherwise be silently skipped)."""
     chosen = load_recipe(recipe)
-    offline = [name for name, unset in (("grayscale", False), ("jpeg_quality", None), ("chroma_block", None), ("chroma_swap", False), ("augment", None),
-                                        ("mix_trusted", False)) if getattr(chosen, name) != unset]
+    offline = [name for name, unset in (("grayscale", False), ("jpeg_quality", None), ("chroma_block", None),
+                                        ("chroma_swap", False), ("augment", None), ("mix_trusted", False))
+               if getattr(chosen, name) != unset]
     if purify and not chosen.purification:
         offline.append("purification=false (with purify=True)")
     if offline:

@@ -38,4 +38,3 @@ def grayscale_pixels(images: np.ndarray) -> np.ndarray:
     """`grayscale` on bare uint8 NHWC pixels."""
     chw = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     return luma_uint8(chw).expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().numpy()
-

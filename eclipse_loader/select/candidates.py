@@ -1,7 +1,7 @@
 """The defences `select_defense` compares: offline steps + an online augmentation, as plain values.
 
 A `Candidate` names at most one of each component, applied in a fixed order: outlier repair,
-grayscale, chroma low-pass or chroma swap, JPEG, diffusion purification (offline, once), then every epoch crop + flip (always),
+grayscale, chroma low-pass or chroma swap (one of the three), JPEG, diffusion purification (offline, once), then every epoch crop + flip (always),
 RSK+FF and the corruption compensation. Each has a *weight* (how heavy it is: compute, and how much
 it changes clean images); ties in accuracy go to the lighter candidate.
 """
@@ -114,8 +114,9 @@ class Candidate:
             match = _NAME_PART.fullmatch(part)
             key = next((k for k, v in (match.groupdict() if match else {}).items() if v is not None), None)
             if key is None or (key in values):
-                raise ValueError(f"candidate name {name!r}: cannot read {part!r} (parts: repair, grayscale, chromaK, chroma-swap, "
-                                 f"jpegQ, purifyT, rsk-ff, comp-{{{','.join(COMPENSATION_LEVELS)}}}, trusted, each once)")
+                raise ValueError(f"candidate name {name!r}: cannot read {part!r} (parts: repair, grayscale, chromaK, "
+                                 f"chroma-swap, jpegQ, purifyT, rsk-ff, comp-{{{','.join(COMPENSATION_LEVELS)}}}, "
+                                 "trusted, each once)")
             text = match.group(key)  # type: ignore[union-attr]
             values[key] = {"repair": True, "grayscale": True, "chroma_swap": True, "augment": text, "mix_trusted": True,
                            "compensation": text}.get(key, int(text) if text.isdigit() else text)
@@ -128,8 +129,9 @@ class Candidate:
         return candidate
 
 
-_NAME_PART = re.compile(r"(?P<repair>repair)|(?P<grayscale>grayscale)|chroma(?P<chroma>\d+)|(?P<chroma_swap>chroma-swap)|jpeg(?P<jpeg>\d+)"
-                        r"|purify(?P<t_star>\d+)|(?P<augment>rsk-ff)|comp-(?P<compensation>\w+)|(?P<mix_trusted>trusted)")
+_NAME_PART = re.compile(r"(?P<repair>repair)|(?P<grayscale>grayscale)|chroma(?P<chroma>\d+)|(?P<chroma_swap>chroma-swap)"
+                        r"|jpeg(?P<jpeg>\d+)|purify(?P<t_star>\d+)|(?P<augment>rsk-ff)|comp-(?P<compensation>\w+)"
+                        r"|(?P<mix_trusted>trusted)")
 
 
 def default_candidates(t_stars: tuple[int, ...] = DEFAULT_T_STARS, purification: bool = True) -> list[Candidate]:

@@ -94,8 +94,12 @@ def chroma_donors(count: int, seed: int = CHROMA_SWAP_SEED) -> np.ndarray:
     return donors
 
 
+def swap_chroma_among(images: np.ndarray, seed: int = CHROMA_SWAP_SEED) -> np.ndarray:
+    """Each of the uint8 NHWC ``images`` with the chroma of its donor among them (`chroma_donors`)."""
+    images = np.asarray(images)
+    return swap_chroma_pixels(images, images[chroma_donors(len(images), seed)])
+
+
 def swap_chroma(data: LabelledImages, seed: int = CHROMA_SWAP_SEED) -> LabelledImages:
-    """Each image of ``data`` with the chroma of its donor (`chroma_donors`)."""
-    images = np.asarray(data.images)
-    donors = chroma_donors(len(images), seed)
-    return LabelledImages(swap_chroma_pixels(images, images[donors]), data.labels.copy(), data.num_classes)
+    """`swap_chroma_among` on every training image."""
+    return LabelledImages(swap_chroma_among(data.images, seed), data.labels.copy(), data.num_classes)

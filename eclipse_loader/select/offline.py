@@ -15,8 +15,8 @@ import numpy as np
 from ..data.images import LabelledImages
 from ..data.mapped_images import MappedImages
 from ..data.donor_images import DonorMappedImages
-from ..evaluation.baselines import grayscale, grayscale_pixels, jpeg, jpeg_pixels
-from .colour import CHROMA_SWAP_SEED, chroma, chroma_donors, chroma_pixels, swap_chroma, swap_chroma_pixels
+from ..evaluation.baselines import grayscale_pixels, jpeg_pixels
+from .colour import CHROMA_SWAP_SEED, chroma_donors, chroma_pixels, swap_chroma_among, swap_chroma_pixels
 from ..purify.outliers import repair_isolated_pixels
 from ..recipes import DEFAULT_RECIPE, Recipe
 from .candidates import Candidate
@@ -78,16 +78,8 @@ def apply_offline(candidate: Candidate, data: LabelledImages, purify_fn: Optiona
                   repair_threshold: int = _THRESHOLD) -> LabelledImages:
     """``data`` after ``candidate``'s offline steps: repair, grayscale, chroma low-pass or
     swap, JPEG, purification (in that order)."""
-    if candidate.repair:
-        data = LabelledImages(repair_isolated_pixels(data.images, repair_threshold)[0], data.labels, data.num_classes)
-    if candidate.grayscale:
-        data = grayscale(data)
-    if candidate.chroma is not None:
-        data = chroma(data, candidate.chroma)
-    if candidate.chroma_swap:
-        data = swap_chroma(data)
-    if candidate.jpeg is not None:
-        data = jpeg(data, quality=candidate.jpeg)
+    # the steps before the diffusion are the recipe's, so the selection measures what `purify --recipe` runs
+    data = recipe_before_purification(candidate.to_recipe(repair_threshold=repair_threshold), data)
     if candidate.t_star is not None:
         reason = unservable_reason(candidate, purify_fn)
         if reason is not None:
@@ -117,7 +109,7 @@ def pixels_before_purification(recipe: Recipe, images: np.ndarray) -> np.ndarray
     donors among ``images``)."""
     images = _pixels_before_swap(recipe, images)
     if recipe.chroma_swap:
-        images = swap_chroma_pixels(images, images[chroma_donors(len(images))])
+        images = swap_chroma_among(images)
     return _pixels_after_swap(recipe, images)
 
 

@@ -61,8 +61,8 @@ def test_rsk_ff_on_uint8_batches_is_seeded_and_keeps_shape():
 def test_default_candidates_cover_the_issue_list():
     names = [c.name for c in default_candidates()]
     assert len(names) == len(set(names)) == 24
-    for required in ("none", "repair", "jpeg10", "jpeg30", "grayscale", "chroma-swap", "chroma4", "comp-mild", "comp-mid", "comp-paper", "rsk-ff",
-                     "grayscale+jpeg10", "purify100+comp-paper", "repair+purify400+comp-mid"):
+    for required in ("none", "repair", "jpeg10", "jpeg30", "grayscale", "chroma-swap", "chroma4", "comp-mild", "comp-mid",
+                     "comp-paper", "rsk-ff", "grayscale+jpeg10", "purify100+comp-paper", "repair+purify400+comp-mid"):
         assert required in names
     for t in (100, 200, 400, 600):
         assert f"purify{t}" in names and f"repair+purify{t}" in names
