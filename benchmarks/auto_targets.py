@@ -71,7 +71,7 @@ def targets(run: dict[str, Any], fixed: dict[str, Any], column: str = AUTO) -> d
     complete = len(attacks) == len(fixed["attacks_in_means"])
     auto_mean = sum(r["auto"] for r in rows.values()) / len(rows) if rows else None
     fixed_means = {d: sum(fixed["table"][a][d] for a in attacks) / len(attacks) for d in fixed["defenses"]
-                   if rows and all(d in fixed["table"][a] for a in attacks)}
+                   if not _selected(d) and rows and all(d in fixed["table"][a] for a in attacks)}
     clean_auto = run["table"]["none"].get(column)
     return {
         "column": column, "auto_run": run["command"], "fixed_table": fixed["command"], "fixed_date": fixed["date"],

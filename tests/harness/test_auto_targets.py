@@ -124,3 +124,20 @@ def test_proxy_ranking_pairs_candidates_with_fixed_defences(tmp_path, order, rho
     result = json.loads((tmp_path / "run-proxy-ranking.json").read_text())["per_attack"]["a"]
     assert set(result["pairs"]) == {"none", "jpeg10", "grayscale", "repair+purify400+comp-mid"}  # comp-mild: no column
     assert result["spearman"] == pytest.approx(rho) and result["regret_points"] == pytest.approx(regret)
+
+
+def test_one_result_file_with_auto_and_fixed_columns_keeps_auto_out_of_the_fixed_means(tmp_path):
+    auto = _auto(0.665, 0.55, 0.695)
+    auto["defenses"] = {"none": "", "jpeg10": "", "auto": "", "candidate:chroma4": ""}
+    for attack, value in (("none", 0.63), ("a", 0.62), ("b", 0.50)):
+        auto["table"][attack]["jpeg10"] = value
+        auto["table"][attack]["candidate:chroma4"] = 0.99
+    auto["date"] = "2026-12-08"
+    (tmp_path / "both.json").write_text(json.dumps(auto))
+    run = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "both.json"), "--fixed", str(tmp_path / "both.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    t = json.loads((tmp_path / "both-targets.json").read_text())
+    assert set(t["fixed_means_over_the_same_attacks"]) == {"none", "jpeg10"}
+    assert t["fixed_means_over_the_same_attacks"]["jpeg10"] == pytest.approx(0.56)
+    assert t["targets"]["mean_ge_best_fixed_mean_plus_3_points"]  # auto 0.6075 >= 0.56 + 0.03
