@@ -35,6 +35,9 @@ __all__ = ["ADAPTIVE", "ATTACKS", "DATA", "GPU_PROTOCOLS", "PROTOCOLS", "PURIFY_
            "bar_plot", "cached", "load_splits", "log", "main", "markdown_table", "parse_args", "save_npz", "save_splits",
            "summarise", "write_outputs"]
 
+# the defences an adaptive row runs against unless --adaptive-defenses names them
+DEFAULT_ADAPTIVE_DEFENSES = "none,compensation,eclipse-paper,eclipse"
+
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,8 +53,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--clean-defenses", default=None,
                         help="defences run on the clean row (default: all of --defenses); e.g. 'none' when only the "
                              "ratio to clean is wanted and the other clean cells are measured already")
-    parser.add_argument("--adaptive-defenses", default="none,compensation,eclipse-paper,eclipse",
-                        help="defences the adaptive attacks are run against")
+    parser.add_argument("--adaptive-defenses", default=None,
+                        help="defences the adaptive attacks are run against, all in --defenses (default: those of "
+                             f"{DEFAULT_ADAPTIVE_DEFENSES} that --defenses has)")
     parser.add_argument("--workdir", type=Path, default=None, help="cache dir (default bench-work/defense-<protocol>)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -87,6 +91,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     clean_defenses = defenses if args.clean_defenses is None else [d for d in args.clean_defenses.split(",") if d]
     if not set(clean_defenses) <= set(defenses):
         raise SystemExit(f"--clean-defenses {sorted(set(clean_defenses) - set(defenses))} are not in --defenses")
+    if args.adaptive_defenses is None:
+        adaptive_defenses = [d for d in DEFAULT_ADAPTIVE_DEFENSES.split(",") if d in defenses]
+    else:
+        adaptive_defenses = [d for d in args.adaptive_defenses.split(",") if d]
+        if not set(adaptive_defenses) <= set(defenses):
+            raise SystemExit(f"--adaptive-defenses {sorted(set(adaptive_defenses) - set(defenses))} are not in "
+                             "--defenses")
     for name, known in (("attack", ATTACKS), ("adaptive attack", ADAPTIVE), ("defense", tuple(REGISTRY))):
         chosen = {"attack": attacks, "adaptive attack": adaptive, "defense": defenses}[name]
         unknown = [c for c in chosen if c not in known and not (name == "defense" and REGISTRY.knows(c))]
@@ -97,7 +108,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                       victim_seed=args.victim_seed, data=args.data)
     log(f"protocol {protocol.name}: {len(harness.train)} training, {len(harness.sparse)} sparse, "
         f"{len(harness.test)} test images; {len(harness.cells)} cells already done")
-    adaptive_defenses = [d for d in args.adaptive_defenses.split(",") if d in defenses]
     if args.report_only:
         path = write_outputs(summarise(harness, attacks, adaptive, defenses, args, started), args.out)
         log(f"wrote {path} from {len(harness.cells)} finished cells")

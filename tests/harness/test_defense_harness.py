@@ -76,6 +76,14 @@ def test_clean_defenses_outside_the_defenses_are_refused(tmp_path):
     assert not any(tmp_path.iterdir()), "nothing is written before the arguments are checked"
 
 
+def test_adaptive_defenses_outside_the_defenses_are_refused(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--protocol", "smoke", "--attacks", "em", "--defenses",
+                             "none,auto", "--adaptive", "em-adaptive-auto", "--adaptive-defenses", "none,jpeg10,auto",
+                             "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "--adaptive-defenses ['jpeg10'] are not in --defenses" in result.stderr
+    assert not any(tmp_path.iterdir()), "nothing is written before the arguments are checked"
+
+
 @pytest.mark.slow
 def test_auto_column_resolves_per_cell_and_reports_its_choice(tmp_path):
     run = _run(tmp_path, "--defenses", "none,auto,auto-best,candidate:repair+purify100", "--attacks", "ops")
