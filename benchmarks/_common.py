@@ -266,6 +266,11 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def write_result(path: Path, fields: dict[str, Any]) -> None:
+    """``fields`` with this machine (`machine_info`) and the command line, written atomically as JSON."""
+    write_json_atomic(path, {**fields, "machine": machine_info(), "command": command_line()})
+
+
 def grouped_bar_plot(rows: dict[str, dict[str, float]], series: list[str], path: Path, *, title: str,
                      reference: Optional[tuple[float, str]] = None, width_per_group: float = 1.4, rotation: float = 0,
                      legend_font: float = 7, legend_cols: int = 3, dpi: int = 110) -> None:

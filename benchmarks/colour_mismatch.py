@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from _common import RESULTS, command_line, log, machine_info, write_json_atomic
+from _common import RESULTS, log, write_result
 from defense import PROTOCOLS, load_splits
 
 from eclipse_loader.data.images import LabelledImages
@@ -51,8 +51,7 @@ def main() -> int:
         log(f"trained on {name:<12} colour test {100 * table[name]['colour_test']:.1f}%  grayscale test "
             f"{100 * table[name]['grayscale_test']:.1f}%  ({time.perf_counter() - start:.0f} s)")
     out = Path(args.out) if args.out else RESULTS / f"colour-mismatch-{args.protocol}-{time.strftime('%Y-%m-%d')}.json"
-    write_json_atomic(out, {"protocol": args.protocol, "victim_seed": args.victim_seed, "machine": machine_info(),
-                            "command": command_line(), "test_accuracy": table})
+    write_result(out, {"protocol": args.protocol, "victim_seed": args.victim_seed, "test_accuracy": table})
     log(f"wrote {out}")
     return 0
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import RESULTS, command_line, log, machine_info, write_json_atomic
+from _common import RESULTS, log, write_result
 from defense import DATA, PROTOCOLS, load_splits
 
 from eclipse_loader.data.images import LabelledImages
@@ -101,8 +101,7 @@ def main() -> int:
             log(f"{attack:>16} x {name:<14} {key:<13} {100 * result.test_accuracy:5.1f}%  "
                 f"({len(source)} images, {time.perf_counter() - start:.0f} s)")
         rows.append(row)
-        write_json_atomic(out, {"protocol": args.protocol, "victim_seed": args.victim_seed, "machine": machine_info(),
-                                "command": command_line(), "cells": rows})
+        write_result(out, {"protocol": args.protocol, "victim_seed": args.victim_seed, "cells": rows})
     log(f"wrote {out}")
     return 0
 
