@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from _common import RESULTS, log, write_result
-from defense import DATA, PROTOCOLS, load_splits
+from defense import DATA, PROTOCOLS, Harness
 
 from eclipse_loader.data.images import LabelledImages
 from eclipse_loader.evaluation.defense_registry import apply_offline, candidate_defense, named_candidate, offline_steps
@@ -44,13 +44,6 @@ def parse_cells(text: str) -> list[tuple[str, str]]:
     if not cells:
         raise ValueError("--cells: no cells given")
     return cells
-
-
-def poisoned(workdir: Path, attack: str, clean: LabelledImages) -> LabelledImages:
-    if attack == "none":
-        return clean
-    with np.load(workdir / "poisons" / f"{attack}.npz") as stored:
-        return LabelledImages(stored["images"], stored["labels"], clean.num_classes)
 
 
 def main() -> int:
@@ -83,12 +76,13 @@ def main() -> int:
                if a != "none" and not (workdir / "poisons" / f"{a}.npz").is_file()]
     if missing:
         parser.error(f"no cached poison {', '.join(missing)} (run benchmarks/defense.py with this --workdir first)")
-    train, sparse, test = load_splits(protocol, 0, data=args.data)
+    harness = Harness(protocol, workdir, "cpu", 0, data=args.data)  # its splits and its cached poisons
+    sparse, test = harness.sparse, harness.test
     steps = offline_steps()
     out = Path(args.out) if args.out else RESULTS / f"trusted-mix-{args.protocol}-{time.strftime('%Y-%m-%d')}.json"
     rows: list[dict[str, object]] = []
     for attack, name in cells:
-        data, defense = poisoned(workdir, attack, train), defenses[name]
+        data, defense = harness.poisoned(attack), defenses[name]
         mixed = LabelledImages(np.concatenate([data.images, sparse.images]),
                                np.concatenate([data.labels, sparse.labels]), data.num_classes)
         row: dict[str, object] = {"attack": attack, "candidate": name, "trusted_images": len(sparse)}
